@@ -1,0 +1,1 @@
+"""nanochat: train your own small chat model on the machine you have."""

@@ -1,0 +1,405 @@
+"""
+The GPT model. The default configuration computes the same function as karpathy/nanochat
+(October 2025) with the same parameter names, so its checkpoints load without conversion:
+- token embedding -> RMSNorm -> blocks -> RMSNorm -> lm_head -> logits soft-capped at 15
+- rotary embeddings (base 10000, two halves of each head), then QK-norm
+- causal attention through scaled_dot_product_attention, GQA (n_kv_head < n_head)
+- relu^2 MLP, untied embeddings, norms without weight, no biases
+Extra options with defaults that keep that function: explicit head_dim, SwiGLU MLP with its own
+hidden size, tied embeddings, RMSNorm with weight, gradient checkpointing.
+"""
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 65536
+    n_layer: int = 12
+    n_head: int = 6           # query heads
+    n_kv_head: int = 6        # key/value heads (GQA when fewer than n_head)
+    n_embd: int = 768
+    head_dim: int = 0         # 0: n_embd // n_head
+    mlp: str = "relu2"        # "relu2": c_fc -> relu(x)^2 -> c_proj; "swiglu": silu(c_gate) * c_fc -> c_proj
+    mlp_hidden: int = 0       # 0: 4 * n_embd for relu2, 8/3 * n_embd rounded up to a multiple of 64 for swiglu
+    tie_embeddings: bool = False
+    norm_weight: bool = False  # RMSNorm with a learned weight (the QK-norm stays weightless)
+
+    def __post_init__(self):
+        if self.head_dim == 0 and self.n_head > 0:
+            self.head_dim = self.n_embd // self.n_head
+        if self.mlp_hidden == 0:
+            if self.mlp == "swiglu":
+                self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+            else:
+                self.mlp_hidden = 4 * self.n_embd
+
+    def validate(self):
+        """Raise ValueError with a one-line message for a configuration that cannot work."""
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "mlp_hidden"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.mlp not in ("relu2", "swiglu"):
+            raise ValueError(f"mlp must be 'relu2' or 'swiglu', got {self.mlp!r}")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.n_head * self.head_dim != self.n_embd:
+            raise ValueError(f"n_head ({self.n_head}) x head_dim ({self.head_dim}) must equal the width n_embd ({self.n_embd})")
+        if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        return self
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def norm(x, weight=None):
+    # eps left at its default (finfo eps), as nanochat does
+    return F.rms_norm(x, (x.size(-1),), weight)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm; without weight it has no parameters (and no state dict entries)."""
+    def __init__(self, dim, weight):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x):
+        return norm(x, self.weight)
+
+
+def apply_rotary_emb(x, cos, sin):
+    # x: (B, T, H, D); rotate the pair (first half, second half) of each head
+    d = x.shape[3] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    y1 = x1 * cos + x2 * sin
+    y2 = x1 * (-sin) + x2 * cos
+    return torch.cat([y1, y2], 3).to(x.dtype)
+
+
+class KVCache:
+    """
+    Preallocated key/value cache for all layers: (n_layer, B, n_kv_head, max_len, head_dim).
+    Layers insert at the current position; the model advances the position once per forward.
+    """
+    def __init__(self, batch_size, num_kv_heads, max_len, head_dim, num_layers, device, dtype):
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def max_len(self):
+        return self.k.size(3)
+
+    @property
+    def batch_size(self):
+        return self.k.size(1)
+
+    def reset(self):
+        self.pos = 0
+
+    def insert_kv(self, layer_idx, k, v):
+        t0, t1 = self.pos, self.pos + k.size(2)
+        if t1 > self.max_len:
+            raise ValueError(f"KV cache overflow: position {t1} > cache length {self.max_len}")
+        self.k[layer_idx, :, :, t0:t1] = k
+        self.v[layer_idx, :, :, t0:t1] = v
+        return self.k[layer_idx, :, :, :t1], self.v[layer_idx, :, :, :t1]
+
+    def advance(self, n):
+        self.pos += n
+
+    def prefill_from(self, other):
+        """Copy another cache's filled part into this one, broadcasting its batch (1 -> B samples)."""
+        n = other.pos
+        if n > self.max_len:
+            raise ValueError(f"cannot prefill {n} positions into a cache of length {self.max_len}")
+        self.k[:, :, :, :n] = other.k[:, :, :, :n]
+        self.v[:, :, :, :n] = other.v[:, :, :, :n]
+        self.pos = n
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
+
+    def forward(self, x, cos_sin, kv_cache=None):
+        B, T, _ = x.size()
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        cos, sin = cos_sin
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = norm(q), norm(k)  # QK-norm
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.insert_kv(self.layer_idx, k, v)
+        Tq, Tk = q.size(2), k.size(2)
+        gqa = self.n_head != self.n_kv_head
+        if Tq == Tk:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif Tq == 1:
+            # one new token attends to everything in the cache
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=gqa)
+        else:
+            # a chunk after a prefix: the prefix is fully visible, the chunk is causal
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        if self.kind == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+
+    def forward(self, x):
+        if self.kind == "swiglu":
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        else:
+            h = F.relu(self.c_fc(x)).square()
+        return self.c_proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = RMSNorm(config.n_embd, config.norm_weight)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = RMSNorm(config.n_embd, config.norm_weight)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos_sin, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    softcap = 15.0
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config.validate()
+        self.grad_checkpoint = False  # recompute each block's activations in backward to save memory
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            ln_e=RMSNorm(config.n_embd, config.norm_weight),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=RMSNorm(config.n_embd, config.norm_weight),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        # rotary tables cover 10x the training length so generation can run past it
+        self.rotary_len = config.sequence_len * 10
+        cos, sin = self._rotary_tables(self.rotary_len, config.head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _rotary_tables(self, seq_len, head_dim, base=10000, device=None):
+        if device is None:
+            device = self.transformer.wte.weight.device
+        channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (base ** (channels / head_dim))
+        t = torch.arange(seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+        # kept in bf16 as nanochat does, so imported checkpoints see the same rotation
+        cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+        return cos[None, :, None, :], sin[None, :, None, :]
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialise all weights (call after building on the meta device and to_empty())."""
+        if self.config.tie_embeddings:
+            # to_empty() can replace the shared Parameter with two copies: tie again
+            self.lm_head.weight = self.transformer.wte.weight
+        for name, p in self.named_parameters():
+            if p.ndim == 1:  # norm weights
+                nn.init.ones_(p)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module is not self.lm_head:
+                fan_out, fan_in = module.weight.shape
+                # https://arxiv.org/abs/2310.17813: std ~ 1/sqrt(fan_in), shrunk for narrow outputs
+                std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+        for block in self.transformer.h:
+            # residual branches start as identity
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        if self.config.tie_embeddings:
+            # the shared matrix is also the classifier: keep initial logits O(1)
+            nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0 / math.sqrt(self.config.n_embd))
+        else:
+            nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+            nn.init.zeros_(self.lm_head.weight)
+        cos, sin = self._rotary_tables(self.rotary_len, self.config.head_dim)
+        self.cos, self.sin = cos, sin
+
+    def get_device(self):
+        return self.transformer.wte.weight.device
+
+    # -------------------------------------------------------------------------
+    # counting
+
+    def param_counts(self):
+        """
+        Parameters per component, counted from the model's own tensors (shared tensors once):
+        wte, attn (c_q, c_k, c_v, c_proj), mlp, norms, lm_head (0 when tied), total.
+        """
+        counts = {"wte": 0, "attn.c_q": 0, "attn.c_k": 0, "attn.c_v": 0, "attn.c_proj": 0,
+                  "mlp.c_fc": 0, "mlp.c_gate": 0, "mlp.c_proj": 0, "norms": 0, "lm_head": 0}
+        for name, p in self.named_parameters():  # named_parameters() yields a shared tensor once
+            if name == "transformer.wte.weight":
+                key = "wte"
+            elif name == "lm_head.weight":
+                key = "lm_head"
+            elif p.ndim == 1:
+                key = "norms"
+            else:
+                key = ".".join(name.split(".")[-3:-1])  # e.g. "attn.c_q"
+            counts[key] += p.numel()
+        if self.config.mlp != "swiglu":
+            del counts["mlp.c_gate"]
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def estimate_flops(self):
+        """
+        Training FLOPs per token (forward + backward): 6 per weight used in a matmul (every
+        parameter except the embedding lookup, plus the lm_head even when tied) plus attention
+        scores and values, 12 * n_layer * n_head * head_dim * sequence_len.
+        """
+        c = self.config
+        matmul_params = self.num_params() - self.transformer.wte.weight.numel()
+        if c.tie_embeddings:
+            matmul_params += self.lm_head.weight.numel()
+        matmul_params -= sum(p.numel() for p in self.parameters() if p.ndim == 1)  # norms are not matmuls
+        return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * c.sequence_len
+
+    # -------------------------------------------------------------------------
+    # running
+
+    def make_kv_cache(self, batch_size, max_len, dtype=None):
+        c = self.config
+        if dtype is None:
+            dtype = self.transformer.wte.weight.dtype
+        return KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, c.n_layer, self.get_device(), dtype)
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
+        B, T = idx.size()
+        T0 = 0 if kv_cache is None else kv_cache.pos
+        if T0 + T > self.cos.size(1):
+            raise ValueError(f"sequence of {T0 + T} tokens is longer than the rotary table ({self.cos.size(1)})")
+        cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]
+        x = self.transformer.wte(idx)
+        x = self.transformer.ln_e(x)
+        for block in self.transformer.h:
+            if self.grad_checkpoint and self.training and kv_cache is None:
+                x = checkpoint(block, x, cos_sin, use_reentrant=False)
+            else:
+                x = block(x, cos_sin, kv_cache)
+        x = self.transformer.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(x)
+        logits = self.softcap * torch.tanh(logits / self.softcap)
+        if targets is None:
+            return logits
+        logits = logits.float()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               reduction=loss_reduction)
+
+    @torch.inference_mode()
+    def generate(self, tokens, max_tokens, temperature=1.0, top_k=None, seed=42):
+        """Naive generation without a KV cache (the reference the engine is tested against)."""
+        device = self.get_device()
+        rng = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        for _ in range(max_tokens):
+            logits = self.forward(ids)[:, -1, :]
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            if temperature > 0:
+                probs = F.softmax(logits / temperature, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=rng)
+            else:
+                next_id = torch.argmax(logits, dim=-1, keepdim=True)
+            ids = torch.cat((ids, next_id), dim=1)
+            yield next_id.item()
+
+
+# -----------------------------------------------------------------------------
+# architecture flags, shared by every script that builds or sizes a model
+
+def add_arch_args(parser, vocab_size=False):
+    g = parser.add_argument_group("architecture (--depth alone derives the rest, as nanochat does)")
+    g.add_argument("--depth", type=int, default=20, help="layers; also sets model_dim = 64*depth unless given (default 20)")
+    g.add_argument("--n_layer", type=int, default=0, help="layers (overrides --depth)")
+    g.add_argument("--model_dim", type=int, default=0, help="width n_embd (default 64*depth)")
+    g.add_argument("--head_dim", type=int, default=0, help="per-head width (default 128, or 64 if 128 does not divide the width)")
+    g.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (default: as many as query heads)")
+    g.add_argument("--mlp", type=str, default="relu2", choices=["relu2", "swiglu"], help="MLP kind (default relu2)")
+    g.add_argument("--mlp_hidden", type=int, default=0, help="MLP hidden size (default 4x width for relu2, 8/3x for swiglu)")
+    g.add_argument("--tie_embeddings", action="store_true", help="share the token embedding with the lm_head")
+    g.add_argument("--norm_weight", action="store_true", help="RMSNorm with a learned weight")
+    if vocab_size:
+        g.add_argument("--vocab_size", type=int, default=65536, help="vocabulary size (default 65536)")
+    return g
+
+
+def config_from_args(args, vocab_size, sequence_len):
+    """Build a validated GPTConfig from the architecture flags; raises ValueError with one line."""
+    n_layer = args.n_layer or args.depth
+    if n_layer <= 0:
+        raise ValueError(f"the number of layers must be positive, got {n_layer}")
+    model_dim = args.model_dim or 64 * n_layer
+    head_dim = args.head_dim or (128 if model_dim % 128 == 0 else 64)
+    if model_dim % head_dim != 0:
+        raise ValueError(f"head_dim ({head_dim}) must divide the width model_dim ({model_dim})")
+    n_head = model_dim // head_dim
+    n_kv_head = args.n_kv_head or n_head
+    config = GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                       n_kv_head=n_kv_head, n_embd=model_dim, head_dim=head_dim, mlp=args.mlp,
+                       mlp_hidden=args.mlp_hidden, tie_embeddings=args.tie_embeddings,
+                       norm_weight=args.norm_weight)
+    return config.validate()
+
+
+def model_tag_for(config):
+    """Default checkpoint folder name: d<layers>, plus w<width> when the width is not 64*layers."""
+    tag = f"d{config.n_layer}"
+    if config.n_embd != 64 * config.n_layer:
+        tag += f"w{config.n_embd}"
+    return tag
+
+
+def build_model(config, device):
+    """A freshly initialised model on `device`, built on the meta device first (no double init)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model
