@@ -129,3 +129,86 @@ def get_token_bytes(device="cpu"):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {path}: train a tokenizer with `python -m scripts.tok_train`")
     return torch.load(path, map_location=device)
+
+
+# -----------------------------------------------------------------------------
+# conversations
+# A conversation is {"messages": [{"role": ..., "content": ...}, ...]}: an optional "system"
+# message first, then "user" and "assistant" alternating, starting with user. An assistant's
+# content is a string or a list of parts {"type": "text" | "python" | "python_output", "text": ...}
+# (a calculator call and the output the tool gave). Only what the assistant writes is trained.
+
+def validate_conversation(conversation):
+    messages = conversation.get("messages") if isinstance(conversation, dict) else conversation
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("a conversation needs a non-empty list of messages")
+    if messages[0].get("role") == "system":
+        messages = messages[1:]
+        if not messages:
+            raise ValueError("a conversation needs a user message after the system message")
+    for i, msg in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(msg, dict) or msg.get("role") != expected:
+            got = msg.get("role") if isinstance(msg, dict) else type(msg).__name__
+            raise ValueError(f"message {i + 1}: expected role {expected!r}, got {got!r} (roles must alternate user/assistant)")
+        content = msg.get("content")
+        if not isinstance(content, (str, list)):
+            raise ValueError(f"message {i + 1}: content must be a string or a list of parts")
+        if isinstance(content, list):
+            if expected != "assistant":
+                raise ValueError(f"message {i + 1}: only assistant messages may have parts")
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") not in ("text", "python", "python_output"):
+                    raise ValueError(f"message {i + 1}: a part must be {{'type': 'text'|'python'|'python_output', 'text': ...}}")
+    return conversation.get("messages") if isinstance(conversation, dict) else conversation
+
+
+def render_conversation(tokenizer, conversation, max_tokens=2048):
+    """
+    Token ids and a loss mask of the same length (1 = train on this token). Assistant text, tool
+    calls and <|assistant_end|> are trained; the user's words, tool outputs and markers are not.
+    Truncated to max_tokens.
+    """
+    messages = list(validate_conversation(conversation))
+    if messages[0]["role"] == "system":
+        # no system token: the system text goes in front of the first user message
+        messages = [dict(role="user", content=messages[0]["content"] + "\n\n" + messages[1]["content"])] + messages[2:]
+    ids, mask = [], []
+    def add(token_ids, m):
+        token_ids = [token_ids] if isinstance(token_ids, int) else token_ids
+        ids.extend(token_ids)
+        mask.extend([m] * len(token_ids))
+    sp = tokenizer.encode_special
+    add(tokenizer.get_bos_token_id(), 0)
+    for msg in messages:
+        if msg["role"] == "user":
+            add(sp("<|user_start|>"), 0)
+            add(tokenizer.encode(msg["content"]), 0)
+            add(sp("<|user_end|>"), 0)
+        else:
+            add(sp("<|assistant_start|>"), 0)
+            content = msg["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            for part in parts:
+                text_ids = tokenizer.encode(part["text"])
+                if part["type"] == "text":
+                    add(text_ids, 1)
+                elif part["type"] == "python":
+                    add(sp("<|python_start|>"), 1)
+                    add(text_ids, 1)
+                    add(sp("<|python_end|>"), 1)
+                else:  # the tool's output is forced in at inference time: not the model's to learn
+                    add(sp("<|output_start|>"), 0)
+                    add(text_ids, 0)
+                    add(sp("<|output_end|>"), 0)
+            add(sp("<|assistant_end|>"), 1)
+    return ids[:max_tokens], mask[:max_tokens]
+
+
+def render_for_completion(tokenizer, conversation):
+    """Token ids that prime an assistant reply: the conversation (minus a final assistant message) + <|assistant_start|>."""
+    messages = list(validate_conversation(conversation))
+    if messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    ids, _ = render_conversation(tokenizer, {"messages": messages}, max_tokens=10**9)
+    return ids + [tokenizer.encode_special("<|assistant_start|>")]

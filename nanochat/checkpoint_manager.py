@@ -1,0 +1,144 @@
+"""
+Saving and loading checkpoints in nanochat's layout, so its users' files load as they are:
+$NANOCHAT_BASE_DIR/{base,mid,chatsft,chatrl}_checkpoints/<model_tag>/
+    model_<step:06d>.pt   the model's state dict
+    optim_<step:06d>.pt   the optimizers' state dicts (for --resume)
+    meta_<step:06d>.json  model_config, training settings, loop and dataloader state
+Each file is written to a temporary name and renamed, and meta is written last, so a checkpoint
+whose meta exists is complete even if the run died while saving.
+"""
+import glob
+import json
+import os
+import re
+
+import torch
+
+from nanochat.common import get_base_dir, UserError
+from nanochat.gpt import GPT, GPTConfig
+
+PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
+
+
+def get_checkpoints_dir(source):
+    if source not in PHASE_DIRS:
+        raise UserError(f"unknown model source {source!r}: choose one of {', '.join(PHASE_DIRS)}")
+    return os.path.join(get_base_dir(), PHASE_DIRS[source])
+
+
+def _atomic_torch_save(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data):
+    """Write one checkpoint (call on rank 0 only: under DDP the states are the same on every rank)."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if optimizer_data is not None:
+        _atomic_torch_save(optimizer_data, os.path.join(checkpoint_dir, f"optim_{step:06d}.pt"))
+    _atomic_torch_save(model_data, os.path.join(checkpoint_dir, f"model_{step:06d}.pt"))
+    meta_path = os.path.join(checkpoint_dir, f"meta_{step:06d}.json")
+    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(meta_data, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+
+
+def _load_file(path, device):
+    if not os.path.exists(path):
+        raise UserError(f"missing checkpoint file {path}")
+    try:
+        return torch.load(path, map_location=device)
+    except Exception as e:
+        raise UserError(f"cannot read {path} (corrupt or incomplete?): {type(e).__name__}: {e}") from None
+
+
+def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False):
+    """Returns (model_state, optimizer_state or None, meta)."""
+    meta_path = os.path.join(checkpoint_dir, f"meta_{step:06d}.json")
+    if not os.path.exists(meta_path):
+        raise UserError(f"missing {meta_path}")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {meta_path} (corrupt?): {e}") from None
+    model_state = _load_file(os.path.join(checkpoint_dir, f"model_{step:06d}.pt"), device)
+    optim_state = None
+    if load_optimizer:
+        optim_state = _load_file(os.path.join(checkpoint_dir, f"optim_{step:06d}.pt"), device)
+    return model_state, optim_state, meta
+
+
+def find_last_step(checkpoint_dir):
+    """The highest step that has both a model file and its meta."""
+    steps = []
+    for path in glob.glob(os.path.join(checkpoint_dir, "model_*.pt")):
+        m = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
+        if m and os.path.exists(os.path.join(checkpoint_dir, f"meta_{m.group(1)}.json")):
+            steps.append(int(m.group(1)))
+    if not steps:
+        raise UserError(f"no checkpoints in {checkpoint_dir}")
+    return max(steps)
+
+
+def find_model_tag(checkpoints_dir):
+    """Default model tag: the deepest d<N> model (nanochat's rule), else the most recently written."""
+    if not os.path.isdir(checkpoints_dir):
+        raise UserError(f"no checkpoints in {checkpoints_dir}: train a model first (see README.md)")
+    tags = [t for t in os.listdir(checkpoints_dir) if os.path.isdir(os.path.join(checkpoints_dir, t))]
+    if not tags:
+        raise UserError(f"no checkpoints in {checkpoints_dir}: train a model first (see README.md)")
+    def key(tag):
+        m = re.match(r"d(\d+)", tag)
+        return (int(m.group(1)) if m else -1, os.path.getmtime(os.path.join(checkpoints_dir, tag)))
+    return max(tags, key=key)
+
+
+def model_from_state(model_state, model_config, device):
+    """Build a GPT from a config dict and load weights (bf16 tensors are cast to the model's fp32)."""
+    known = set(GPTConfig.__dataclass_fields__)
+    config = GPTConfig(**{k: v for k, v in model_config.items() if k in known})
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # also builds the rotary tables, which are not in the state dict
+    # a model saved from torch.compile has its keys prefixed
+    model_state = {k.removeprefix("_orig_mod."): v for k, v in model_state.items()}
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint does not match its model_config: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def build_model(checkpoint_dir, step, device, phase):
+    """Returns (model, tokenizer, meta) for one checkpoint; phase 'train' or 'eval'."""
+    from nanochat.tokenizer import get_tokenizer
+    model_state, _, meta = load_checkpoint(checkpoint_dir, step, device)
+    model = model_from_state(model_state, meta["model_config"], device)
+    model.train() if phase == "train" else model.eval()
+    try:
+        tokenizer = get_tokenizer()
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model expects "
+                        f"{model.config.vocab_size}: the tokenizer under {get_base_dir()}/tokenizer is not the one this model was trained with")
+    return model, tokenizer, meta
+
+
+def load_model(source, device, phase, model_tag=None, step=None):
+    """
+    Load a model by stage: source is 'base', 'mid', 'sft' or 'rl'. model_tag defaults to the
+    deepest model, step to the latest complete checkpoint. Returns (model, tokenizer, meta).
+    """
+    checkpoints_dir = get_checkpoints_dir(source)
+    if model_tag is None:
+        model_tag = find_model_tag(checkpoints_dir)
+    checkpoint_dir = os.path.join(checkpoints_dir, model_tag)
+    if not os.path.isdir(checkpoint_dir):
+        raise UserError(f"no model tag {model_tag!r} in {checkpoints_dir}")
+    if step is None:
+        step = find_last_step(checkpoint_dir)
+    return build_model(checkpoint_dir, step, device, phase)

@@ -1,0 +1,42 @@
+"""
+Bits per byte of a base model on the train and val splits.
+
+    python -m scripts.base_loss                  # the latest base model
+    python -m scripts.base_loss -g d4 --split_tokens 65536
+"""
+import torch
+
+from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, autocast_ctx
+from nanochat.checkpoint_manager import load_model
+from nanochat.dataloader import DataLoader
+from nanochat.dataset import get_data_dir
+from nanochat.tokenizer import get_token_bytes
+from nanochat.loss_eval import evaluate_bpb
+
+parser = ArgumentParser(description="Evaluate bits per byte of a model on the train and val splits.")
+parser.add_argument("-i", "--source", type=str, default="base", choices=["base", "mid", "sft", "rl"])
+parser.add_argument("-g", "--model_tag", type=str, default=None, help="model tag (default: the deepest model)")
+parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
+parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | builtin | a folder of parquet shards")
+parser.add_argument("--device_batch_size", type=int, default=8)
+parser.add_argument("--split_tokens", type=int, default=20 * 524288, help="tokens evaluated per split")
+add_device_args(parser)
+args = parser.parse_args()
+
+try:
+    ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
+    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
+    data_dir = get_data_dir(args.data)
+    token_bytes = get_token_bytes(device)
+except (UserError, FileNotFoundError) as e:
+    die(str(e))
+B, T = args.device_batch_size, meta["model_config"]["sequence_len"]
+steps = max(1, args.split_tokens // (B * T * world_size))
+autocast = autocast_ctx(device.type, get_compute_dtype(device.type))
+results = {}
+for split in ("train", "val"):
+    loader = DataLoader(tokenizer, B, T, split, device=device, data_dir=data_dir)
+    with autocast:
+        results[split] = evaluate_bpb(model, loader, steps, token_bytes)
+    print0(f"{split} bpb: {results[split]:.4f}")
+compute_cleanup()
