@@ -1,0 +1,140 @@
+"""
+The pretraining data loader: streams documents from parquet shards, tokenizes them (each with a
+BOS token in front), concatenates them into one token stream, and cuts (B, T) batches of inputs
+and targets (the same stream shifted by one token) from it.
+
+    loader = DataLoader(tokenizer, B=32, T=2048, split="train", device="cuda")
+    x, y = next(loader)
+    state = loader.state_dict()  # small and JSON-serialisable; save it with the checkpoint
+    ...
+    loader = DataLoader(tokenizer, B=32, T=2048, split="train", device="cuda", state=state)
+    # -> the same batches the first loader would have produced next
+
+Under DDP rank r reads row groups r, r + world_size, r + 2 * world_size, ... of every shard, so
+ranks see disjoint documents. Each rank has its own state: for an exact resume save every rank's
+state_dict() (e.g. torch.distributed.all_gather_object) and pass the list as `state`; a state
+from another rank or world size resumes approximately, at the next round of row groups.
+"""
+from collections import deque
+
+import pyarrow.parquet as pq
+import torch
+
+from nanochat.common import UserError, get_dist_info
+from nanochat.dataset import get_data_dir, split_files
+
+
+class DataLoader:
+    def __init__(self, tokenizer, B, T, split, device="cpu", data_dir=None, state=None, rank=None, world_size=None,
+                 tokenizer_threads=4, tokenizer_batch_size=128):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        _, dist_rank, _, dist_world = get_dist_info()
+        self.rank = dist_rank if rank is None else rank
+        self.world_size = dist_world if world_size is None else world_size
+        self.tokenizer, self.B, self.T, self.split = tokenizer, B, T, split
+        self.device = torch.device(device)
+        self.tokenizer_threads, self.tokenizer_batch_size = tokenizer_threads, tokenizer_batch_size
+        self.data_dir = data_dir or get_data_dir("auto")
+        self.files = split_files(split, self.data_dir)
+        if not self.files:
+            raise UserError(f"no {split} shards in {self.data_dir}")
+        self.bos = tokenizer.get_bos_token_id()
+
+        # Where the stream starts: (epoch, shard, row group, doc index, token offset in that doc)
+        start = (1, 0, self.rank, 0, 0)
+        if isinstance(state, (list, tuple)):  # one state per rank
+            state = state[self.rank] if len(state) == self.world_size else state[0]
+        if state is not None:
+            if state.get("rank") == self.rank and state.get("world_size") == self.world_size:
+                start = (state["epoch"], state["shard"], state["row_group"], state["doc"], state["token"])
+            else:
+                # another rank's position: go to the next round of row groups, so nothing repeats
+                next_round = state["row_group"] // state["world_size"] + 1
+                start = (state["epoch"], state["shard"], next_round * self.world_size + self.rank, 0, 0)
+        self._start = start
+        self._batches = self._doc_batches(*start)
+
+        # The token stream: _buf holds tokens from stream position _base on, _i indexes the next
+        # token to hand out. _docs holds (stream position of the doc's first token, epoch, shard,
+        # row group, doc index) for the documents that still have tokens in _buf, oldest first,
+        # which is all state_dict() needs.
+        self._buf, self._base, self._i = [], 0, 0
+        self._docs = deque()
+
+    def _doc_batches(self, epoch, shard, rg, doc, token):
+        """Yield (epoch, shard, row group, first doc index, texts, tokens to skip in the first text)."""
+        while True:
+            full_pass = (shard, rg, doc, token) == (0, self.rank, 0, 0)
+            found = False
+            for s in range(shard, len(self.files)):
+                pf = pq.ParquetFile(self.files[s])
+                for g in range(rg, pf.num_row_groups, self.world_size):
+                    found = True
+                    texts = pf.read_row_group(g, columns=["text"]).column("text").to_pylist()
+                    for i in range(doc, len(texts), self.tokenizer_batch_size):
+                        yield epoch, s, g, i, texts[i:i + self.tokenizer_batch_size], token
+                        token = 0
+                    doc = 0
+                rg = self.rank
+            if full_pass and not found:
+                raise UserError(f"rank {self.rank} of {self.world_size} has no row groups to read in the {self.split} "
+                                f"split of {self.data_dir}: use fewer ranks or more data")
+            if self.split == "val":
+                return  # one pass
+            epoch, shard, rg, doc, token = epoch + 1, 0, self.rank, 0, 0
+
+    def _refill(self):
+        """Tokenize the next batch of documents onto the stream; False when the data has ended."""
+        try:
+            epoch, shard, rg, doc, texts, skip = next(self._batches)
+        except StopIteration:
+            return False
+        token_lists = self.tokenizer.encode(texts, prepend=self.bos, num_threads=self.tokenizer_threads)
+        for j, ids in enumerate(token_lists):
+            start = self._base + len(self._buf)
+            if j == 0 and skip:  # resuming in the middle of this document
+                ids, start = ids[skip:], start - skip
+            self._docs.append((start, epoch, shard, rg, doc + j))
+            self._buf.extend(ids)
+        return True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        B, T = self.B, self.T
+        need = B * T + 1
+        while len(self._buf) - self._i < need:
+            if not self._refill():
+                raise StopIteration
+        use_cuda = self.device.type == "cuda"
+        batch = torch.tensor(self._buf[self._i:self._i + need], dtype=torch.long, pin_memory=use_cuda)
+        # B*T tokens are consumed; the last target is also the first input of the next batch,
+        # so every token of the stream is a target exactly once
+        self._i += B * T
+        pos = self._base + self._i
+        while len(self._docs) > 1 and self._docs[1][0] <= pos:
+            self._docs.popleft()
+        if self._i > len(self._buf) // 2:  # drop consumed tokens now and then, not every step
+            del self._buf[:self._i]
+            self._base += self._i
+            self._i = 0
+        if self.device.type != "cpu":
+            batch = batch.to(self.device, non_blocking=use_cuda)
+        return batch[:-1].view(B, T), batch[1:].view(B, T)
+
+    def state_dict(self):
+        """Where the next batch starts, as a small JSON-serialisable dict (cheap: no tokens)."""
+        if not self._docs:
+            epoch, shard, rg, doc, token = self._start
+        else:
+            start, epoch, shard, rg, doc = self._docs[0]
+            token = self._base + self._i - start
+        return {"epoch": epoch, "shard": shard, "row_group": rg, "doc": doc, "token": token,
+                "rank": self.rank, "world_size": self.world_size}
+
+    @property
+    def epoch(self):
+        """The pass over the data that the next batch comes from (1 = first)."""
+        return self.state_dict()["epoch"]
