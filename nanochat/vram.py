@@ -1,0 +1,424 @@
+"""
+Training memory estimator: how much GPU memory one training step of a GPT takes, per component,
+worked out from what the forward pass in gpt.py actually keeps for backward.
+
+What the estimate is compared against: torch.cuda.max_memory_reserved() after a few training
+steps (what `--measure` and the issue measure). The CUDA context (driver, kernels, cuBLAS handles)
+is NOT inside that number, so it is a separate component that only `total` and `fits()` add.
+
+    reserved = weights + gradients + optimizer + activations + logits + workspace + allocator
+    total    = reserved + cuda_context
+
+The training step modelled is nanochat's: fp32 master weights, autocast to bf16/fp16 for the
+matmuls (GradScaler with fp16), grad accumulation (so .grad tensors are alive while the next
+micro-batch runs forward and backward), zero_grad(set_to_none=True) after the optimizer step.
+
+The peak is found by walking the phases of a step and taking the largest:
+  forward end     all saved activations + autocast's cache of bf16 weight copies + the logits
+                  tensors alive while the loss is computed
+  backward start  all saved activations + the loss/log-softmax gradients (B*T*V each; for big
+                  vocabularies this is usually the peak of the whole step)
+  block backward  (recomputed) activations of one block + its backward temporaries
+  optimizer step  no activations; the optimizer's temporaries
+
+Every number below with a constant in it says why. Where the CUDA kernels could not be checked on
+a GPU (Inductor's choices under torch.compile, the CUDA context, fragmentation), the constant is a
+judgement, named here so that `python -m scripts.vram_calc --measure` on a GPU can correct it.
+"""
+import contextlib
+import gc
+import math
+from dataclasses import asdict
+
+import torch
+
+from nanochat.gpt import GPT, build_model
+
+MiB = 1024 ** 2
+GiB = 1024 ** 3
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("muon", "adamw")
+# the components of the estimate, in the order they are printed; they add up to "total"
+COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "workspace", "allocator", "cuda_context")
+RESERVED_COMPONENTS = COMPONENTS[:-1]  # what torch.cuda.max_memory_reserved() sees
+
+# CUDA context: driver state, the loaded kernels of torch/cuBLAS/cuDNN (lazily loaded since CUDA
+# 11.7) and the handles. Typically 300-500 MiB on a 3090/4090/H100 with recent drivers; taken at
+# the high end because it is memory the card does not have for us.
+CUDA_CONTEXT_BYTES = 512 * MiB
+# cuBLAS/cuBLASLt workspaces are allocated through torch's caching allocator (so they are inside
+# max_memory_reserved): 4-32 MiB per handle and stream depending on the GPU generation.
+LIBRARY_WORKSPACE_BYTES = 64 * MiB
+# The caching allocator rounds large blocks up to 2 MiB and cannot always reuse a freed block for a
+# differently sized request, so reserved > allocated. The big logits tensors are modelled exactly
+# (see _logits_bytes); this fraction covers everything else that comes and goes during the step.
+FRAGMENTATION = 0.05
+# torch.compile (Inductor, default mode): buffers for its generated kernels and the graph's
+# planned intermediates that are not freed exactly when eager would free them.
+COMPILE_WORKSPACE_BYTES = 128 * MiB
+COMPILE_WORKSPACE_FRACTION = 0.05
+# fits() keeps this share of the card free: other processes (a desktop on the same GPU), driver
+# versions and allocator luck vary; OOM costs more than a slightly smaller batch.
+SAFETY_MARGIN = 0.05
+
+POW2_BATCH_SIZES = tuple(2 ** i for i in range(10))  # 1 .. 512
+
+# -----------------------------------------------------------------------------
+# parameters, counted by the model itself on the meta device (exact and free)
+
+_param_cache = {}
+
+def param_info(config):
+    """
+    Parameter counts the estimate needs, by role: wte, lm_head (0 when tied), norms (1-d
+    weights), block matrices, one block's matrices, the largest matrix, and buffer bytes.
+    """
+    key = tuple(sorted(asdict(config).items()))
+    if key in _param_cache:
+        return _param_cache[key]
+    with torch.device("meta"):
+        model = GPT(config)
+    info = {"wte": 0, "lm_head": 0, "norms": 0, "block_matrices": 0, "max_matrix": 0}
+    for name, p in model.named_parameters():  # a tied weight is yielded once, as wte
+        if name == "transformer.wte.weight":
+            info["wte"] += p.numel()
+        elif name == "lm_head.weight":
+            info["lm_head"] += p.numel()
+        elif p.ndim == 1:
+            info["norms"] += p.numel()
+        else:
+            info["block_matrices"] += p.numel()
+            info["max_matrix"] = max(info["max_matrix"], p.numel())
+    info["total"] = info["wte"] + info["lm_head"] + info["norms"] + info["block_matrices"]
+    info["layer_matrices"] = info["block_matrices"] // config.n_layer
+    # the lm_head matmul uses the wte matrix when tied
+    info["lm_head_matmul"] = config.vocab_size * config.n_embd
+    info["buffer_bytes"] = sum(b.numel() * b.element_size() for b in model.buffers())
+    _param_cache[key] = info
+    return info
+
+# -----------------------------------------------------------------------------
+# activations: what each op of gpt.py saves for backward, in bytes per token
+
+def _check(precision, optimizer=None, device_type="cuda"):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if optimizer is not None and optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if device_type not in ("cuda", "cpu"):
+        raise ValueError(f"device_type must be 'cuda' or 'cpu', got {device_type!r}")
+
+
+def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cuda"):
+    """
+    Bytes one transformer block keeps for backward, per token (plus a per-sequence part returned
+    separately as the second value: the rotary tables' negated sine, which does not scale with B).
+
+    Eager, under CUDA autocast (bf16/fp16; policy from ATen's autocast_mode.h):
+      - the residual stream is fp32 (embedding output is fp32, attn/mlp outputs are added to it)
+      - rms_norm runs in fp32 and saves its fp32 input and rstd (fused kernel on CUDA)
+      - every linear saves a fresh bf16 cast of its input: autocast caches casts of weights only,
+        so ln_1's output is cast three times (c_q, c_k, c_v) and ln_2's once (twice for swiglu)
+      - rotary saves only the cos/sin tables; its output (bf16) is cast to fp32 for QK-norm
+      - SDPA is autocast to bf16: the fused kernel (flash/cuDNN/mem-efficient) saves q, k, v, out
+        and the logsumexp (fp32, B*H*T); out is already laid out (B,T,H,D) so c_proj shares it
+      - relu(x).square(): relu saves its bf16 output; square is pow(x, 2), which autocast runs in
+        fp32, so the fp32 copy is saved too; c_proj then saves a bf16 cast of the square
+      - swiglu: silu saves its input, the product saves both factors, c_proj saves the product
+    fp32 (no autocast): one saved ln output shared by the linears, no casts, the mem-efficient
+    kernel (flash has no fp32) pads the logsumexp to 32 positions.
+    """
+    _check(precision, device_type=device_type)
+    c = config
+    C, H, Hkv, D, M = c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.mlp_hidden
+    Ckv = Hkv * D
+    swiglu = c.mlp == "swiglu"
+    low = precision != "fp32"
+    p = 2 if low else 4  # bytes of the compute dtype
+    # rotary: -sin is a new (1, T, 1, D/2) bf16 tensor per call, two calls per block
+    per_seq = 2 * seq_len * (D // 2) * 2
+
+    if compile:
+        # Inductor's partitioner saves the matmul inputs/outputs it cannot cheaply recompute and
+        # recomputes the elementwise chains (casts, rotary, norms, relu^2) in backward. Best
+        # model of its choice: residuals + rstd, the bf16 normed inputs of the linears (once),
+        # the pre-rotary q/k, the attention tensors, the MLP's matmul outputs.
+        b = 4 * C + 4 + p * C                          # x_in, rstd, ln_1 output (cast once)
+        b += p * C + p * Ckv + 4 * H + 4 * Hkv         # q, k before rotary (recompute rotary + norm) and rstd
+        b += p * C + 2 * p * Ckv + p * C + 4 * H       # sdpa q, k, v, out, lse
+        b += 4 * C + 4 + p * C                         # x_mid, rstd, ln_2 output
+        b += (2 if swiglu else 1) * p * M              # c_fc (and c_gate) outputs
+        return b, per_seq
+
+    lse = 4 * H if (low or device_type == "cpu") else 4 * H * math.ceil(seq_len / 32) * 32 / seq_len
+    # attention half
+    b = 4 * C + 4                                      # ln_1: fp32 input (the block input) + rstd
+    b += (3 * 2 * C) if low else (4 * C)               # inputs of c_q, c_k, c_v
+    b += 4 * C + 4 * H                                 # QK-norm of q: fp32 input + rstd
+    b += 4 * Ckv + 4 * Hkv                             # QK-norm of k
+    b += p * C + p * Ckv + p * Ckv                     # sdpa q, k (casts of the normed fp32), v (c_v output)
+    b += p * C + lse                                   # sdpa out (= c_proj input) + logsumexp
+    # MLP half
+    b += 4 * C + 4                                     # ln_2: fp32 input + rstd
+    if low:
+        b += (2 * 2 * C) if swiglu else (2 * C)        # bf16 casts of ln_2 output
+        b += 8 * M                                     # swiglu: 4 bf16 hidden tensors; relu2: relu out bf16 + fp32 pow input + bf16 c_proj input
+    else:
+        b += 4 * C                                     # ln_2 output, shared by the linears
+        b += (16 if swiglu else 8) * M                 # swiglu: gate, silu, fc, product; relu2: relu out (= pow input), square
+    if device_type == "cpu" and c.norm_weight:
+        b += 2 * 4 * C                                 # CPU rms_norm is decomposed: x*rstd is saved for the weight
+    return b, per_seq
+
+
+def _nonblock_saved_bytes(config, precision, compile=False, device_type="cuda"):
+    """Per-token bytes saved outside the blocks: token ids, targets, ln_e, ln_f, lm_head input."""
+    C = config.n_embd
+    low = precision != "fp32"
+    b = 8 + 8                                          # idx (embedding backward) + targets (nll_loss)
+    b += 2 * (4 * C + 4)                               # ln_e input (embedding output) and ln_f input (last block output), + rstd
+    b += 2 * C if low else 4 * C                       # lm_head input: bf16 cast of ln_f output / the fp32 output itself
+    if device_type == "cpu" and config.norm_weight and not compile:
+        b += 2 * 4 * C
+    return b
+
+
+def _logits_bytes(config, precision, compile=False):
+    """
+    Bytes per token of the B*T*V logits tensors at the forward end, at the backward start (the
+    peak), and the extra the caching allocator reserves because of their sizes. Eager, bf16:
+      forward: lm_head out L (2V) -> L/15 -> tanh t (2V, saved) -> 15*t s (2V) -> s.float() f (4V)
+               -> log_softmax lsm (4V, saved); alive while the loss is computed: t, f, lsm = 10V
+      backward: nll grad g1 (4V) and log_softmax grad g2 (4V) next to the saved t and lsm = 14V
+      allocator: the 4V requests cannot reuse the freed 2V blocks (separate segments), so one more
+               4V segment is reserved than is ever allocated at once: 18V reserved.
+    fp32: L, L/15, tanh (saved), 15*t (= f, .float() is a no-op), lsm (saved): 12V forward; t, lsm,
+          g1, g2 = 16V backward; the freed 4V blocks fit the 4V requests, no extra segment.
+    Compiled: Inductor fuses softcap + log-softmax + nll into reductions over L: saved L, grad of L.
+    """
+    V = config.vocab_size
+    if compile:
+        p = 4 if precision == "fp32" else 2
+        return {"forward": 2 * p * V, "backward": 2 * p * V, "fragmentation": 0}
+    if precision == "fp32":
+        return {"forward": 12 * V, "backward": 16 * V, "fragmentation": 0}
+    return {"forward": 10 * V, "backward": 14 * V, "fragmentation": 4 * V}
+
+
+def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_checkpoint=False,
+                           compile=False, device_type="cuda"):
+    """
+    Bytes held for backward right after the forward (what saved_tensors_hooks would see, minus
+    parameters and buffers): blocks, the rest of the model, autocast's saved weight copies, and the
+    logits tensors the loss saves (tanh output and log-softmax). With grad_checkpoint, only each
+    block's input is kept (the hooks do not see those, but memory does).
+    """
+    _check(precision, device_type=device_type)
+    N = batch_size * seq_len
+    info = param_info(config)
+    per_tok, per_seq = layer_saved_bytes(config, seq_len, precision, compile, device_type)
+    low = precision != "fp32"
+    if grad_checkpoint:
+        blocks = config.n_layer * 4 * config.n_embd * N
+    else:
+        blocks = config.n_layer * (per_tok * N + per_seq)
+    weight_casts = 2 * (info["block_matrices"] + info["lm_head_matmul"]) if (low and not compile and not grad_checkpoint) else 0
+    if low and not compile and grad_checkpoint:
+        weight_casts = 2 * info["lm_head_matmul"]
+    logits = (2 + 4) * config.vocab_size * N if low else 8 * config.vocab_size * N
+    if compile:
+        logits = (2 if low else 4) * config.vocab_size * N
+    return int(blocks + _nonblock_saved_bytes(config, precision, compile, device_type) * N + weight_casts + logits)
+
+# -----------------------------------------------------------------------------
+# the estimate
+
+def _state_bytes(info, optimizer):
+    """Optimizer state: Muon keeps one fp32 momentum per block matrix and AdamW (exp_avg, exp_avg_sq)
+    for the embedding, lm_head and norms; plain AdamW keeps two fp32 tensors for every parameter."""
+    if optimizer == "adamw":
+        return 8 * info["total"]
+    return 4 * info["block_matrices"] + 8 * (info["wte"] + info["lm_head"] + info["norms"])
+
+
+def _step_workspace(info, optimizer):
+    """Temporaries of optimizer.step(), when no activations are alive. AdamW (foreach) allocates
+    one fp32 tensor per parameter of the group at once (sqrt of exp_avg_sq); Muon's Newton-Schulz
+    works on one matrix at a time in bf16: X, X@X^T, its square, the update, plus an fp32 copy."""
+    adam_params = info["total"] if optimizer == "adamw" else info["wte"] + info["lm_head"] + info["norms"]
+    ws = 4 * adam_params
+    if optimizer == "muon":
+        ws = max(ws, 6 * 2 * info["max_matrix"] + 4 * info["max_matrix"])
+    return ws
+
+
+def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="muon",
+                    grad_checkpoint=False, compile=False, device_type="cuda"):
+    """
+    Transient memory (beyond weights, grads and optimizer state) in each phase of a training
+    step, split into activations / logits / workspace. estimate_memory() takes the largest.
+    """
+    _check(precision, optimizer, device_type)
+    if batch_size <= 0 or seq_len <= 0:
+        raise ValueError(f"batch size and sequence length must be positive, got {batch_size} x {seq_len}")
+    c = config
+    N = batch_size * seq_len
+    info = param_info(c)
+    low = precision != "fp32"
+    per_tok, per_seq = layer_saved_bytes(c, seq_len, precision, compile, device_type)
+    layer = per_tok * N + per_seq
+    nonblock = _nonblock_saved_bytes(c, precision, compile, device_type) * N
+    logits = _logits_bytes(c, precision, compile)
+    # autocast keeps a bf16 copy of every weight used under it, cached until the autocast region
+    # is left (end of forward) and saved by each linear for backward (compiled: recomputed)
+    casts_all = 2 * (info["block_matrices"] + info["lm_head_matmul"]) if low and not compile else 0
+    casts_layer = 2 * info["layer_matrices"] if low and not compile else 0
+    casts_head = 2 * info["lm_head_matmul"] if low and not compile else 0
+    # temporaries while one block runs backward: the residual stream's gradient (fp32, x2), three
+    # fp32 hidden-sized tensors (pow/silu backward upcast by autocast), and the weight gradient
+    # of the largest matrix as it arrives (bf16) and is cast to fp32 for accumulation
+    block_ws = (2 * 4 * c.n_embd + 3 * 4 * c.mlp_hidden) * N + (6 if low else 4) * info["max_matrix"]
+    kept = c.n_layer * 4 * c.n_embd * N if grad_checkpoint else c.n_layer * layer
+    phases = {
+        # forward end: with checkpointing the blocks' activations were dropped, but autocast's
+        # weight cache lives until the forward leaves autocast
+        "forward": {"activations": kept + nonblock + casts_all, "logits": logits["forward"] * N, "workspace": 0},
+        "backward_logits": {"activations": kept + nonblock + (casts_head if grad_checkpoint else casts_all),
+                            "logits": logits["backward"] * N, "workspace": 0},
+        # the last block's backward (checkpointing: after recomputing it, with its weight casts)
+        "backward_block": {"activations": kept + nonblock + ((layer + casts_layer) if grad_checkpoint else casts_all),
+                           "logits": 0, "workspace": block_ws},
+        "optimizer_step": {"activations": 0, "logits": 0, "workspace": _step_workspace(info, optimizer)},
+    }
+    for ph in phases.values():
+        ph["total"] = ph["activations"] + ph["logits"] + ph["workspace"]
+    return phases
+
+
+def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon",
+                    grad_checkpoint=False, compile=False):
+    """
+    Estimated peak GPU memory of training steps, bytes per component (see COMPONENTS):
+      weights       fp32 parameters (shared tensors once) + buffers (rotary tables)
+      gradients     fp32 .grad for every parameter (alive during grad accumulation)
+      optimizer     optimizer state
+      activations   saved for backward at the peak phase (incl. autocast's bf16 weight copies)
+      logits        the B*T*V logits/loss tensors alive at the peak phase
+      workspace     temporaries at the peak phase, library (cuBLAS) workspaces, compile buffers
+      allocator     caching-allocator rounding/fragmentation (reserved minus allocated)
+      cuda_context  driver/kernels context, outside max_memory_reserved
+    plus "reserved" (the sum of the first seven: the estimate of torch.cuda.max_memory_reserved)
+    and "total" (reserved + cuda_context: what the card must hold).
+    """
+    phases = estimate_phases(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile)
+    peak = max(phases.values(), key=lambda ph: ph["total"])
+    info = param_info(config)
+    est = {
+        "weights": 4 * info["total"] + info["buffer_bytes"],
+        "gradients": 4 * info["total"],
+        "optimizer": _state_bytes(info, optimizer),
+        "activations": peak["activations"],
+        "logits": peak["logits"],
+        "workspace": peak["workspace"] + LIBRARY_WORKSPACE_BYTES,
+    }
+    if compile:
+        est["workspace"] += COMPILE_WORKSPACE_BYTES + int(COMPILE_WORKSPACE_FRACTION * (peak["activations"] + peak["logits"]))
+    frag_logits = _logits_bytes(config, precision, compile)["fragmentation"] * batch_size * seq_len
+    if peak is not phases["backward_logits"]:
+        frag_logits = 0
+    est["allocator"] = int(FRAGMENTATION * (est["activations"] + est["logits"] + est["workspace"])) + frag_logits
+    est["cuda_context"] = CUDA_CONTEXT_BYTES
+    est = {k: int(v) for k, v in est.items()}
+    est["reserved"] = sum(est[k] for k in RESERVED_COMPONENTS)
+    est["total"] = est["reserved"] + est["cuda_context"]
+    return est
+
+
+def fits(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
+         margin=SAFETY_MARGIN):
+    """True when the estimated total (context included) fits the card with `margin` of it to spare."""
+    est = estimate_memory(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile)
+    return est["total"] <= gpu_mem_bytes * (1.0 - margin)
+
+
+def auto_batch_size(config, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
+                    candidates=POW2_BATCH_SIZES, margin=SAFETY_MARGIN):
+    """The largest candidate batch size whose estimate fits the card (with margin), or None."""
+    best = None
+    for b in sorted(candidates):
+        if fits(config, b, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes, margin):
+            best = b
+        else:
+            break  # memory only grows with the batch size
+    return best
+
+# -----------------------------------------------------------------------------
+# measuring, on a CUDA GPU
+
+def _build_optimizers(model, optimizer):
+    try:
+        from nanochat.optim import build_optimizers
+    except ImportError:
+        if optimizer == "muon":
+            raise RuntimeError("--optimizer muon needs nanochat.optim.build_optimizers, which is not available")
+        # stand-in until nanochat.optim exists: fused AdamW as nanochat uses for its AdamW groups
+        return [torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)]
+    return build_optimizers(model, kind=optimizer)
+
+
+def measure_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon", grad_checkpoint=False,
+                   compile=False, device="cuda", steps=3, micro_steps=2):
+    """
+    Train `steps` optimizer steps of `micro_steps` accumulated forward+backward passes on random
+    tokens (GradScaler for fp16) and return torch.cuda.max_memory_reserved() in bytes: the number
+    estimate_memory()["reserved"] predicts. Raises torch.OutOfMemoryError when it does not fit.
+    """
+    _check(precision, optimizer)
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise RuntimeError("measuring memory needs a CUDA GPU (it reads torch.cuda.max_memory_reserved); none is available")
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    autocast = contextlib.nullcontext() if dtype == torch.float32 else torch.amp.autocast("cuda", dtype=dtype)
+    model = optimizers = run = x = y = scaler = None
+    try:
+        torch.manual_seed(0)
+        model = build_model(config, device)
+        model.train()
+        model.grad_checkpoint = grad_checkpoint
+        run = torch.compile(model, dynamic=False) if compile else model
+        optimizers = _build_optimizers(model, optimizer)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
+        y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
+        for _ in range(steps):
+            for _ in range(micro_steps):
+                with autocast:
+                    loss = run(x, y) / micro_steps
+                (scaler.scale(loss) if scaler else loss).backward()
+                del loss
+            for opt in optimizers:
+                scaler.step(opt) if scaler else opt.step()
+            if scaler:
+                scaler.update()
+            model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_reserved(device)
+    finally:
+        del model, optimizers, run, x, y, scaler
+        gc.collect()
+        torch.cuda.empty_cache()
+        if compile:
+            torch._dynamo.reset()
+
+
+def measure_cuda_context(device="cuda"):
+    """Bytes the CUDA context takes on the card: used memory (driver view) minus torch's reserved."""
+    device = torch.device(device)
+    torch.cuda.init()
+    torch.empty(1, device=device)  # make sure the context exists
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free - torch.cuda.memory_reserved(device)
