@@ -10,6 +10,9 @@ Three sources write that same layout, so one code path reads all of them:
     python -m nanochat.dataset --text notes/ diary.md --name me
                                            your own .txt/.md files -> $NANOCHAT_BASE_DIR/text_data/me/
 
+Downloads resume from .part files and retry with backoff; HF_TOKEN (if set) is sent as a bearer
+token, and NANOCHAT_DATA_URL replaces the FineWeb-Edu address (a mirror, or a test server).
+
 Library API: get_data_dir(source), list_parquet_files(data_dir), split_files(split, data_dir),
 parquets_iter_batched(split, data_dir, start, step), text_iterator(data_dir, max_chars, doc_cap),
 write_shards(docs, out_dir, ...), build_builtin(...), build_text(...), download_shard(...),
@@ -432,7 +435,10 @@ def download_file(url, path, max_attempts=5, backoff=2.0, timeout=30, headers=No
                 stop.wait(wait)
             else:
                 time.sleep(wait)
-    raise AssertionError("unreachable")
+
+
+def _resolve_url(base_url):
+    return (base_url or os.environ.get("NANOCHAT_DATA_URL") or FINEWEB_URL).rstrip("/")
 
 
 def _auth_headers():
@@ -442,7 +448,7 @@ def _auth_headers():
 
 def download_shard(index, data_dir, base_url=None, **kwargs):
     """Download one FineWeb-Edu shard into data_dir (skipped when already there); returns its path."""
-    base_url = (base_url or os.environ.get("NANOCHAT_DATA_URL") or FINEWEB_URL).rstrip("/")
+    base_url = _resolve_url(base_url)
     path = os.path.join(data_dir, shard_name(index))
     if os.path.exists(path):
         return path
@@ -483,7 +489,7 @@ def download_fineweb(num_shards, num_workers=4, data_dir=None, base_url=None, pr
     Returns the list of error messages (empty when every shard is there).
     """
     data_dir = data_dir or os.path.join(get_base_dir(), "base_data")
-    base_url = (base_url or os.environ.get("NANOCHAT_DATA_URL") or FINEWEB_URL).rstrip("/")
+    base_url = _resolve_url(base_url)
     indices = shards_to_download(num_shards)
     todo = [i for i in indices if not os.path.exists(os.path.join(data_dir, shard_name(i)))]
     print0(f"{len(indices)} shards wanted in {data_dir}: {len(indices) - len(todo)} already there, {len(todo)} to download "
