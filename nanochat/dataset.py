@@ -402,13 +402,14 @@ def _download_attempt(url, part, headers, timeout, on_bytes, stop):
         raise _Retry(f"connection ended at {size:,d} of {total:,d} bytes")
 
 
-def download_file(url, path, max_attempts=5, backoff=2.0, timeout=30, headers=None, on_bytes=None, stop=None, log=print0):
+def download_file(url, path, max_attempts=5, backoff=2.0, timeout=30, headers=None, on_bytes=None, stop=None,
+                  validate=None, log=print0):
     """
     Download url to path through path + ".part": resumed with a Range header when a .part is
     there, retried with exponential backoff (backoff * 2^k seconds), and renamed to path only
-    once its size matches what the server announced. On failure raises DownloadError, leaves no
-    file at path and keeps the .part (unless the server said the file does not exist), so the
-    next call resumes.
+    once its size matches what the server announced and validate(part) (if given) returns no
+    complaint. On failure raises DownloadError, leaves no file at path and keeps the .part
+    (unless the server said the file does not exist, or sent a bad file), so the next call resumes.
     """
     import requests
     # identity: no compressed transfer, so byte counts and ranges are the file's own
@@ -420,6 +421,9 @@ def download_file(url, path, max_attempts=5, backoff=2.0, timeout=30, headers=No
             raise DownloadError(f"{name}: interrupted")
         try:
             _download_attempt(url, part, headers, timeout, on_bytes, stop)
+            complaint = validate(part) if validate else None
+            if complaint:
+                raise _Permanent(complaint)
             os.replace(part, path)
             return path
         except _Permanent as e:
@@ -453,16 +457,18 @@ def download_shard(index, data_dir, base_url=None, **kwargs):
     if os.path.exists(path):
         return path
     os.makedirs(data_dir, exist_ok=True)
-    download_file(f"{base_url}/{shard_name(index)}", path, headers=_auth_headers(), **kwargs)
+    return download_file(f"{base_url}/{shard_name(index)}", path, headers=_auth_headers(), validate=_not_parquet, **kwargs)
+
+
+def _not_parquet(path):
+    """A complaint when the file lacks parquet's magic bytes at both ends (e.g. an HTML error page sent with 200)."""
     with open(path, "rb") as f:
         head = f.read(4)
-        f.seek(-4, os.SEEK_END)
+        f.seek(max(0, os.path.getsize(path) - 4))
         tail = f.read(4)
-    if head != b"PAR1" or tail != b"PAR1":
-        # e.g. an HTML error page served with status 200
-        os.remove(path)
-        raise DownloadError(f"{shard_name(index)}: the server's answer is not a parquet file")
-    return path
+    if os.path.getsize(path) < 8 or head != b"PAR1" or tail != b"PAR1":
+        return "the server's answer is not a parquet file"
+    return None
 
 
 def shards_to_download(num_shards):

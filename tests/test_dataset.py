@@ -301,10 +301,11 @@ def test_failed_download_leaves_no_file(server, tmp_path):
         download_shard(7, str(tmp_path), base_url=server.url, **FAST)
     assert not any(p.name.startswith(shard_name(7)) for p in tmp_path.iterdir())
     # a 200 answer that is not a parquet file (an error page)
-    server.files[shard_name(8)] = b"<html>rate limited</html>"
-    with pytest.raises(DownloadError, match="not a parquet file"):
-        download_shard(8, str(tmp_path), base_url=server.url, **FAST)
-    assert not (tmp_path / shard_name(8)).exists()
+    for index, body in [(8, b"<html>rate limited</html>"), (9, b"no")]:
+        server.files[shard_name(index)] = body
+        with pytest.raises(DownloadError, match="not a parquet file"):
+            download_shard(index, str(tmp_path), base_url=server.url, **FAST)
+        assert not any(p.name.startswith(shard_name(index)) for p in tmp_path.iterdir())
 
 
 def test_download_cli(server, base_dir):
