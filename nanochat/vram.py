@@ -200,7 +200,7 @@ def _logits_bytes(config, precision, compile=False):
     V = config.vocab_size
     if compile:
         p = 4 if precision == "fp32" else 2
-        return {"forward": 2 * p * V, "backward": 2 * p * V, "fragmentation": 0}
+        return {"forward": p * V, "backward": 2 * p * V, "fragmentation": 0}
     if precision == "fp32":
         return {"forward": 12 * V, "backward": 16 * V, "fragmentation": 0}
     return {"forward": 10 * V, "backward": 14 * V, "fragmentation": 4 * V}
@@ -243,21 +243,22 @@ def _state_bytes(info, optimizer):
 
 
 def _step_workspace(info, optimizer):
-    """Temporaries of optimizer.step(), when no activations are alive. AdamW (foreach) allocates
-    one fp32 tensor per parameter of the group at once (sqrt of exp_avg_sq); Muon's Newton-Schulz
-    works on one matrix at a time in bf16: X, X@X^T, its square, the update, plus an fp32 copy."""
-    adam_params = info["total"] if optimizer == "adamw" else info["wte"] + info["lm_head"] + info["norms"]
-    ws = 4 * adam_params
-    if optimizer == "muon":
-        ws = max(ws, 6 * 2 * info["max_matrix"] + 4 * info["max_matrix"])
-    return ws
+    """Temporaries of optimizer.step() (nanochat.optim), when no activations are alive. AdamW is
+    the fused kernel on CUDA: no temporaries. Muon works on one matrix at a time: the Nesterov
+    update (fp32), its bf16 copy, X@X^T, its square and the new X (bf16, at most matrix-sized),
+    and the update cast back to fp32."""
+    if optimizer == "adamw":
+        return 0
+    return (4 + 5 * 2 + 4) * info["max_matrix"]
 
 
 def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="muon",
                     grad_checkpoint=False, compile=False, device_type="cuda"):
     """
     Transient memory (beyond weights, grads and optimizer state) in each phase of a training
-    step, split into activations / logits / workspace. estimate_memory() takes the largest.
+    step, split into activations / logits / workspace, with their sum ("total", allocated) and
+    the allocator segments the phase reserves beyond it ("fragmentation"). estimate_memory()
+    takes the phase with the largest total + fragmentation.
     """
     _check(precision, optimizer, device_type)
     if batch_size <= 0 or seq_len <= 0:
@@ -275,9 +276,10 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
     casts_all = 2 * (info["block_matrices"] + info["lm_head_matmul"]) if low and not compile else 0
     casts_layer = 2 * info["layer_matrices"] if low and not compile else 0
     casts_head = 2 * info["lm_head_matmul"] if low and not compile else 0
-    # temporaries while one block runs backward: the residual stream's gradient (fp32, x2), three
-    # fp32 hidden-sized tensors (pow/silu backward upcast by autocast), and the weight gradient
-    # of the largest matrix as it arrives (bf16) and is cast to fp32 for accumulation
+    # temporaries while one block runs backward (rough; this phase is the peak only for small
+    # vocabularies, where the CPU check shows it 5-15% high): the residual stream's gradient
+    # (fp32, x2), three fp32 hidden-sized tensors of the MLP backward, and the weight gradient of
+    # the largest matrix as it arrives (bf16) and is cast to fp32 for accumulation
     block_ws = (2 * 4 * c.n_embd + 3 * 4 * c.mlp_hidden) * N + (6 if low else 4) * info["max_matrix"]
     kept = c.n_layer * 4 * c.n_embd * N if grad_checkpoint else c.n_layer * layer
     phases = {
@@ -293,7 +295,16 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
     }
     for ph in phases.values():
         ph["total"] = ph["activations"] + ph["logits"] + ph["workspace"]
+        ph["fragmentation"] = 0
+    # the logits' extra allocator segment is reserved during the loss backward; later phases can
+    # reuse it (split), so it only raises the reserved peak when that phase is the peak
+    phases["backward_logits"]["fragmentation"] = logits["fragmentation"] * N
     return phases
+
+
+def peak_phase(phases):
+    """Name of the phase that sets the reserved peak."""
+    return max(phases, key=lambda k: phases[k]["total"] + phases[k]["fragmentation"])
 
 
 def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon",
@@ -312,7 +323,7 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
     and "total" (reserved + cuda_context: what the card must hold).
     """
     phases = estimate_phases(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile)
-    peak = max(phases.values(), key=lambda ph: ph["total"])
+    peak = phases[peak_phase(phases)]
     info = param_info(config)
     est = {
         "weights": 4 * info["total"] + info["buffer_bytes"],
@@ -324,10 +335,7 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
     }
     if compile:
         est["workspace"] += COMPILE_WORKSPACE_BYTES + int(COMPILE_WORKSPACE_FRACTION * (peak["activations"] + peak["logits"]))
-    frag_logits = _logits_bytes(config, precision, compile)["fragmentation"] * batch_size * seq_len
-    if peak is not phases["backward_logits"]:
-        frag_logits = 0
-    est["allocator"] = int(FRAGMENTATION * (est["activations"] + est["logits"] + est["workspace"])) + frag_logits
+    est["allocator"] = int(FRAGMENTATION * (est["activations"] + est["logits"] + est["workspace"])) + peak["fragmentation"]
     est["cuda_context"] = CUDA_CONTEXT_BYTES
     est = {k: int(v) for k, v in est.items()}
     est["reserved"] = sum(est[k] for k in RESERVED_COMPONENTS)
@@ -344,8 +352,8 @@ def fits(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, com
 
 def auto_batch_size(config, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
                     candidates=POW2_BATCH_SIZES, margin=SAFETY_MARGIN):
-    """The largest candidate batch size whose estimate fits the card (with margin), or None."""
-    best = None
+    """The largest candidate batch size whose estimate fits the card (with margin); 0 if none does."""
+    best = 0
     for b in sorted(candidates):
         if fits(config, b, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes, margin):
             best = b
@@ -353,19 +361,20 @@ def auto_batch_size(config, seq_len, precision, optimizer, grad_checkpoint, comp
             break  # memory only grows with the batch size
     return best
 
+
+def device_memory_bytes(device):
+    """Memory of the device the estimate is checked against: the GPU's total memory on CUDA,
+    the recommended working set on MPS, physical RAM on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return torch.mps.recommended_max_memory()
+    import os
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
 # -----------------------------------------------------------------------------
 # measuring, on a CUDA GPU
-
-def _build_optimizers(model, optimizer):
-    try:
-        from nanochat.optim import build_optimizers
-    except ImportError:
-        if optimizer == "muon":
-            raise RuntimeError("--optimizer muon needs nanochat.optim.build_optimizers, which is not available")
-        # stand-in until nanochat.optim exists: fused AdamW as nanochat uses for its AdamW groups
-        return [torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)]
-    return build_optimizers(model, kind=optimizer)
-
 
 def measure_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon", grad_checkpoint=False,
                    compile=False, device="cuda", steps=3, micro_steps=2):
@@ -378,6 +387,7 @@ def measure_memory(config, batch_size, seq_len, precision="bf16", optimizer="muo
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("measuring memory needs a CUDA GPU (it reads torch.cuda.max_memory_reserved); none is available")
+    from nanochat.optim import build_optimizers
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -390,7 +400,7 @@ def measure_memory(config, batch_size, seq_len, precision="bf16", optimizer="muo
         model.train()
         model.grad_checkpoint = grad_checkpoint
         run = torch.compile(model, dynamic=False) if compile else model
-        optimizers = _build_optimizers(model, optimizer)
+        optimizers = build_optimizers(model, kind=optimizer)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
         y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
