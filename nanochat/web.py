@@ -486,7 +486,9 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         try:
             if path in ("/", "/index.html"):
-                self._send(200, self.server.page, "text/html; charset=utf-8", [
+                with open(UI_PATH, "rb") as f:  # read each time: edit the page, reload the browser
+                    page = f.read()
+                self._send(200, page, "text/html; charset=utf-8", [
                     # everything the page needs is in the page: nothing may come from elsewhere
                     ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                                                 "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")])
@@ -632,8 +634,6 @@ class ChatServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.stats = {"completed": 0, "disconnected": 0, "errors": 0}
         self.connections = set()
-        with open(UI_PATH, "rb") as f:
-            self.page = f.read()
         self.log_path = None
         if log_conversations:
             self.log_path = os.path.join(get_base_dir(), "chat_web", "conversations.jsonl")

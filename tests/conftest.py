@@ -5,6 +5,12 @@ made once per test session in a few seconds on a CPU.
 import pytest
 import torch
 
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives headless Chromium (skipped when it is not installed)")
+
+
 TEXT = """The quick brown fox jumps over the lazy dog. A small model can still talk, if only a little.
 Hello there! How are you today? I am fine, thank you. What is two plus two? Two plus two is four.
 Tell me a story about a cat who lived in a big house by the sea, and the boat that took her away.
@@ -34,7 +40,8 @@ def make_tiny_model(base_dir, tokenizer, source="sft", tag="tiny", step=1, style
             if style == "terse":
                 good = i == tokenizer.encode_special("<|assistant_end|>")
             else:
-                good = i not in special and all(c.isalpha() or c == " " for c in tokenizer.id_to_token(i))
+                text = tokenizer.id_to_token(i)
+                good = i not in special and any(c.isalpha() for c in text) and all(c.isalpha() or c == " " for c in text)
             model.lm_head.weight[i, 0] = 0.0 if good else -1.0
     checkpoint_dir = os.path.join(base_dir, PHASE_DIRS[source], tag)
     save_checkpoint(checkpoint_dir, step, model.state_dict(), None, {"step": step, "model_config": config.to_dict()})
