@@ -95,6 +95,7 @@ def param_info(config):
     # the lm_head matmul uses the wte matrix when tied
     info["lm_head_matmul"] = config.vocab_size * config.n_embd
     info["buffer_bytes"] = sum(b.numel() * b.element_size() for b in model.buffers())
+    info["rotary_bytes"] = model.cos.element_size()  # dtype of the cos/sin tables
     _param_cache[key] = info
     return info
 
@@ -120,7 +121,7 @@ def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cu
       - rms_norm runs in fp32 and saves its fp32 input and rstd (fused kernel on CUDA)
       - every linear saves a fresh bf16 cast of its input: autocast caches casts of weights only,
         so ln_1's output is cast three times (c_q, c_k, c_v) and ln_2's once (twice for swiglu)
-      - rotary saves only the cos/sin tables; its output (bf16) is cast to fp32 for QK-norm
+      - rotary saves only its (1, T, 1, D/2) tables, not q/k; its output is cast to fp32 for QK-norm
       - SDPA is autocast to bf16: the fused kernel (flash/cuDNN/mem-efficient) saves q, k, v, out
         and the logsumexp (fp32, B*H*T); out is already laid out (B,T,H,D) so c_proj shares it
       - relu(x).square(): relu saves its bf16 output; square is pow(x, 2), which autocast runs in
@@ -136,8 +137,17 @@ def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cu
     swiglu = c.mlp == "swiglu"
     low = precision != "fp32"
     p = 2 if low else 4  # bytes of the compute dtype
-    # rotary: -sin is a new (1, T, 1, D/2) bf16 tensor per call, two calls per block
-    per_seq = 2 * seq_len * (D // 2) * 2
+    # rotary, two calls per block, each saving (1, T, 1, D/2) tables next to the views of the
+    # buffers: -sin; plus cos and sin cast to the activations' dtype when the tables are kept wider
+    table = seq_len * (D // 2)
+    act_bytes = 2 if low else 4
+    rotary_bytes = param_info(c)["rotary_bytes"]
+    if rotary_bytes == act_bytes:
+        per_seq = 2 * table * act_bytes                # -sin
+    elif rotary_bytes > act_bytes:
+        per_seq = 2 * 3 * table * act_bytes            # cos, sin cast down, and -sin
+    else:
+        per_seq = 2 * table * rotary_bytes             # narrower tables are used as they are
 
     if compile:
         # Inductor's partitioner saves the matmul inputs/outputs it cannot cheaply recompute and

@@ -1,0 +1,391 @@
+"""
+The parameter calculator (scripts/arch_calc.py) and the memory estimator (nanochat/vram.py,
+scripts/vram_calc.py). No GPU here, so the activation model is checked against what autograd
+really keeps on a CPU: the saved tensors of a forward pass, and the peak of live memory through a
+forward + backward (profiler memory events), in fp32 and under an emulation of CUDA's autocast.
+"""
+import contextlib
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from nanochat import vram
+from nanochat.gpt import GPT, GPTConfig, build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The reference configurations of the design guide:
+# name: (layers, width, head_dim, kv heads, MLP, MLP hidden, vocab, tied embeddings, norm weights)
+REFERENCE = {
+    "ittybitty target": (4, 512, 64, 8, "relu2", 2048, 24576, False, False),
+    "ittybitty as derived from depth": (4, 256, 128, 2, "relu2", 1024, 24576, False, False),
+    "Hamner-164M": (20, 768, 64, 4, "swiglu", 2048, 49152, True, True),
+    "nanochat d20": (20, 1280, 128, 10, "relu2", 5120, 65536, False, False),
+    "nanochat d32": (32, 2048, 128, 16, "relu2", 8192, 65536, False, False),
+}
+# totals worked out by hand below, and what they are known as
+EXPECTED_TOTAL = {
+    "ittybitty target": 37_748_736,               # "~38M"
+    "ittybitty as derived from depth": 15_728_640,
+    "Hamner-164M": 163_610_112,                   # "164M"
+    "nanochat d20": 560_988_160,                  # as karpathy/nanochat prints for d20
+    "nanochat d32": 1_879_048_192,                # nanochat's "1.9B" d32
+}
+
+
+def flags(name):
+    L, C, hd, kv, mlp, M, V, tied, normw = REFERENCE[name]
+    f = ["--n_layer", str(L), "--model_dim", str(C), "--head_dim", str(hd), "--n_kv_head", str(kv),
+         "--mlp", mlp, "--mlp_hidden", str(M), "--vocab_size", str(V)]
+    return f + ["--tie_embeddings"] * tied + ["--norm_weight"] * normw
+
+
+def config(name, sequence_len=2048):
+    L, C, hd, kv, mlp, M, V, tied, normw = REFERENCE[name]
+    return GPTConfig(sequence_len=sequence_len, vocab_size=V, n_layer=L, n_head=C // hd, n_kv_head=kv, n_embd=C,
+                     head_dim=hd, mlp=mlp, mlp_hidden=M, tie_embeddings=tied, norm_weight=normw)
+
+
+def by_hand(name):
+    """The parameter count from the architecture, written out independently of any code under test."""
+    L, C, hd, kv, mlp, M, V, tied, normw = REFERENCE[name]
+    attention = C * C + 2 * C * (kv * hd) + C * C          # c_q, c_k, c_v, c_proj
+    mlp_params = (3 if mlp == "swiglu" else 2) * C * M     # c_fc (+ c_gate), c_proj
+    norms = (2 * L + 2) * C if normw else 0                # ln_1, ln_2 per block, ln_e, ln_f
+    embeddings = V * C * (1 if tied else 2)                # wte (+ lm_head)
+    return embeddings + L * (attention + mlp_params) + norms
+
+
+def run_script(module, argv):
+    """Run `python -m module argv` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    old_argv = sys.argv
+    sys.argv = [module] + list(argv)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__")
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = old_argv
+    return code, out.getvalue(), err.getvalue()
+
+# -----------------------------------------------------------------------------
+# parameter calculator
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_arch_calc_counts_equal_the_model(name):
+    code, out, err = run_script("scripts.arch_calc", flags(name) + ["--json"])
+    assert code == 0, err
+    r = json.loads(out)
+    with torch.device("meta"):
+        model = GPT(config(name))
+    assert r["params"] == model.param_counts()
+    assert r["total"] == model.num_params() == by_hand(name) == EXPECTED_TOTAL[name]
+    parts = {k: v for k, v in r["params"].items() if k != "total"}
+    assert sum(parts.values()) == r["total"]
+    assert r["total_without_embeddings"] == r["total"] - r["params"]["wte"] - r["params"]["lm_head"]
+    assert r["flops_per_token"] == model.estimate_flops()
+    assert r["tokens"] == 20 * r["total"]
+
+
+def test_hamner_is_164m_and_the_table_reads_well():
+    code, out, err = run_script("scripts.arch_calc", flags("Hamner-164M") + ["--max_seq_len", "1024"])
+    assert code == 0, err
+    assert abs(EXPECTED_TOTAL["Hamner-164M"] - 164e6) / 164e6 < 0.005
+    assert "163,610,112" in out and "lm_head (tied to wte)" in out and "FLOPs per token" in out
+    assert "tokens for a 20:1" in out
+
+
+@pytest.mark.parametrize("target,extra", [
+    ("164M", ["--mlp", "swiglu", "--vocab_size", "49152", "--tie_embeddings", "--norm_weight"]),
+    ("38e6", ["--vocab_size", "24576", "--n_layer", "4"]),
+    ("1.2B", ["--top", "5"]),
+])
+def test_target_params_proposals(target, extra):
+    code, out, err = run_script("scripts.arch_calc", ["--target_params", target, "--json"] + extra)
+    assert code == 0, err
+    r = json.loads(out)
+    goal = r["target_params"]
+    assert goal == {"164M": 164_000_000, "38e6": 38_000_000, "1.2B": 1_200_000_000}[target]
+    proposals = r["proposals"]
+    assert proposals
+    for p in proposals:
+        assert p["n_head"] * p["head_dim"] == p["model_dim"]
+        assert p["n_head"] % p["n_kv_head"] == 0
+        assert p["head_dim"] in (64, 128)
+        assert abs(p["params"] - goal) / goal <= 0.10
+        if "--n_layer" in extra:
+            assert p["n_layer"] == 4
+    errors = [abs(p["error_pct"]) for p in proposals]
+    assert errors == sorted(errors)
+    # the counts shown are the model's own
+    for p in proposals[:3]:
+        c = GPTConfig(sequence_len=2048, vocab_size=int(p["flags"].split("--vocab_size ")[1].split()[0]),
+                      n_layer=p["n_layer"], n_head=p["n_head"], n_kv_head=p["n_kv_head"], n_embd=p["model_dim"],
+                      head_dim=p["head_dim"], mlp=p["mlp"], tie_embeddings="--tie_embeddings" in p["flags"],
+                      norm_weight="--norm_weight" in p["flags"])
+        with torch.device("meta"):
+            assert GPT(c).num_params() == p["params"]
+
+
+def test_hamner_shape_is_proposed_for_164m():
+    code, out, _ = run_script("scripts.arch_calc", ["--target_params", "164M", "--n_layer", "20", "--head_dim", "64", "--json",
+                                                    "--mlp", "swiglu", "--vocab_size", "49152", "--tie_embeddings", "--norm_weight"])
+    best = json.loads(out)["proposals"][0]
+    assert (best["model_dim"], best["n_kv_head"], best["params"]) == (768, 4, EXPECTED_TOTAL["Hamner-164M"])
+
+
+def test_invalid_shape_is_a_one_line_error():
+    # a real subprocess: what the user sees, with no traceback
+    r = subprocess.run([sys.executable, "-m", "scripts.arch_calc", "--model_dim", "500", "--head_dim", "64"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:") and "head_dim" in r.stderr
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("scripts.arch_calc", ["--depth", "4", "--n_kv_head", "3"]),
+    ("scripts.arch_calc", ["--target_params", "lots"]),
+    ("scripts.vram_calc", ["--model_dim", "500", "--head_dim", "64"]),
+    ("scripts.vram_calc", ["--batch_sizes", "8,x"]),
+    ("scripts.vram_calc", ["--depth", "4", "--measure"]),  # no CUDA here
+])
+def test_bad_input_is_a_one_line_error(module, argv):
+    if "--measure" in argv and torch.cuda.is_available():
+        pytest.skip("there is a GPU: --measure would run")
+    code, out, err = run_script(module, argv)
+    assert code != 0
+    assert err.startswith("error:") and err.strip().count("\n") == 0 and "Traceback" not in err
+
+# -----------------------------------------------------------------------------
+# memory estimator: properties
+
+HAMNER = config("Hamner-164M", 1024)
+
+
+def test_components_add_up():
+    for name in REFERENCE:
+        for ckpt in (False, True):
+            for precision in vram.PRECISIONS:
+                est = vram.estimate_memory(config(name), 4, 1024, precision, "muon", ckpt, False)
+                assert sum(est[k] for k in vram.COMPONENTS) == est["total"]
+                assert sum(est[k] for k in vram.RESERVED_COMPONENTS) == est["reserved"]
+                assert est["total"] == est["reserved"] + est["cuda_context"]
+                assert all(est[k] >= 0 for k in vram.COMPONENTS)
+
+
+def test_weights_grads_and_optimizer_state_follow_the_parameter_count():
+    est = vram.estimate_memory(HAMNER, 1, 1024, "bf16", "adamw", False, False)
+    n = EXPECTED_TOTAL["Hamner-164M"]
+    assert est["gradients"] == 4 * n and est["optimizer"] == 8 * n
+    assert 4 * n < est["weights"] < 4 * n + 16 * vram.MiB  # + the rotary tables
+    muon = vram.estimate_memory(HAMNER, 1, 1024, "bf16", "muon", False, False)
+    assert 4 * n < muon["optimizer"] < 8 * n  # one buffer for matrices, two for the embedding
+
+
+def test_memory_grows_with_batch_size_and_sequence_length():
+    for ckpt in (False, True):
+        for compile in (False, True):
+            totals = [vram.estimate_memory(HAMNER, b, 1024, "bf16", "muon", ckpt, compile)["total"] for b in (1, 2, 4, 8, 16)]
+            assert totals == sorted(totals) and len(set(totals)) == len(totals)
+            totals = [vram.estimate_memory(HAMNER, 4, t, "bf16", "muon", ckpt, compile)["total"] for t in (128, 256, 512, 1024)]
+            assert totals == sorted(totals) and len(set(totals)) == len(totals)
+
+
+def test_grad_checkpoint_lowers_activation_memory():
+    for name in REFERENCE:
+        for precision in vram.PRECISIONS:
+            off = vram.estimate_memory(config(name), 8, 1024, precision, "muon", False, False)
+            on = vram.estimate_memory(config(name), 8, 1024, precision, "muon", True, False)
+            assert on["activations"] < off["activations"] / 4
+            assert on["total"] < off["total"]
+
+
+def test_fp32_activations_take_more_than_bf16():
+    for name in REFERENCE:
+        fp32 = vram.estimate_memory(config(name), 8, 1024, "fp32", "muon", False, False)
+        bf16 = vram.estimate_memory(config(name), 8, 1024, "bf16", "muon", False, False)
+        assert fp32["activations"] > bf16["activations"]
+        fp16 = vram.estimate_memory(config(name), 8, 1024, "fp16", "muon", False, False)
+        assert fp16["activations"] == bf16["activations"]
+
+
+def test_auto_batch_size_is_the_largest_that_fits():
+    card = 24 * vram.GiB
+    for name in REFERENCE:
+        for ckpt in (False, True):
+            b = vram.auto_batch_size(config(name), 1024, "bf16", "muon", ckpt, False, card)
+            if b == 0:
+                assert not vram.fits(config(name), 1, 1024, "bf16", "muon", ckpt, False, card)
+                continue
+            assert vram.fits(config(name), b, 1024, "bf16", "muon", ckpt, False, card)
+            assert not vram.fits(config(name), 2 * b, 1024, "bf16", "muon", ckpt, False, card)
+    assert vram.auto_batch_size(HAMNER, 1024, "bf16", "muon", True, False, card) >= 8
+    assert vram.auto_batch_size(HAMNER, 1024, "bf16", "muon", False, False, 1 * vram.GiB) == 0
+
+
+def test_vram_calc_table_and_json():
+    argv = flags("Hamner-164M") + ["--max_seq_len", "1024", "--batch_sizes", "16,32", "--grad_checkpoint"]
+    code, out, err = run_script("scripts.vram_calc", argv)
+    assert code == 0, err
+    assert "B=16" in out and "= total on the card" in out and "largest batch size that fits" in out
+    code, out, err = run_script("scripts.vram_calc", argv + ["--json"])
+    r = json.loads(out)
+    assert [b["batch_size"] for b in r["batches"]] == [16, 32]
+    for b in r["batches"]:
+        assert b == {**b, **vram.estimate_memory(HAMNER, b["batch_size"], 1024, "bf16", "muon", True, False)}
+    assert r["largest_fitting"] == max([b["batch_size"] for b in r["batches"] if b["fits"]], default=0)
+
+
+def test_measure_memory_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("there is a GPU")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        vram.measure_memory(HAMNER, 1, 64, "bf16", "adamw", False, False, device="cpu")
+
+# -----------------------------------------------------------------------------
+# memory estimator against what autograd really does (CPU)
+
+class CudaAutocastPolicy(TorchFunctionMode):
+    """
+    CUDA autocast's casting rules for the ops gpt.py uses, applied on a CPU (whose own autocast
+    casts differently): linear and SDPA run in bf16, with the bf16 copies of weights (leaf tensors
+    that need grad) cached for the whole region; rms_norm and pow (relu(x).square()) run in fp32
+    (ATen autocast_mode.h: lower_precision_fp and fp32 lists). Everything else keeps its dtype.
+    """
+    LOW = {F.linear, F.scaled_dot_product_attention}
+    FP32 = {F.rms_norm, torch.Tensor.square, torch.square, torch.Tensor.pow, torch.pow}
+
+    def __enter__(self):
+        self.cache = {}
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.cache.clear()  # autocast drops its weight cache when the region ends
+        return super().__exit__(*exc)
+
+    def cast(self, t, dtype):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dtype == dtype:
+            return t
+        if dtype == torch.bfloat16 and t.is_leaf and t.requires_grad:
+            if id(t) not in self.cache:
+                self.cache[id(t)] = t.to(dtype)
+            return self.cache[id(t)]
+        return t.to(dtype)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.LOW:
+            args = tuple(self.cast(a, torch.bfloat16) for a in args)
+        elif func in self.FP32:
+            args = tuple(self.cast(a, torch.float32) for a in args)
+        return func(*args, **(kwargs or {}))
+
+
+SMALL = {  # small models covering every option
+    "relu2": GPTConfig(sequence_len=64, vocab_size=1000, n_layer=3, n_head=4, n_kv_head=4, n_embd=128),
+    "gqa": GPTConfig(sequence_len=64, vocab_size=1000, n_layer=2, n_head=4, n_kv_head=2, n_embd=128),
+    "swiglu+tied+norms+mqa": GPTConfig(sequence_len=64, vocab_size=1000, n_layer=2, n_head=4, n_kv_head=1, n_embd=128,
+                                       mlp="swiglu", tie_embeddings=True, norm_weight=True),
+}
+
+
+def autocast_for(precision):
+    return CudaAutocastPolicy() if precision == "bf16" else contextlib.nullcontext()
+
+
+def batch(config, B, T):
+    torch.manual_seed(0)
+    return torch.randint(0, config.vocab_size, (B, T)), torch.randint(0, config.vocab_size, (B, T))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_saved_activations_match_autograd(name, precision):
+    """Sum of the unique storages autograd saves in a forward pass == the estimate."""
+    cfg = SMALL[name]
+    model = build_model(cfg, "cpu")
+    model.train()
+    params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    B, T = 3, 40
+    idx, targets = batch(cfg, B, T)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast_for(precision):
+        loss = model(idx, targets)
+    loss.backward()
+    real = sum(saved.values())
+    est = vram.saved_activation_bytes(cfg, B, T, precision, device_type="cpu")
+    assert abs(est - real) / real < 0.001, (est, real)
+
+
+def live_memory_peak(fn):
+    """Peak of CPU memory allocated while fn() runs, from the profiler's memory events."""
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    live = peak = 0
+    for _, nbytes in sorted((e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]"):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("precision,ckpt", [("fp32", False), ("fp32", True), ("bf16", False)])
+def test_step_peak_matches_a_real_forward_backward(precision, ckpt):
+    """
+    Peak memory of a forward + backward beyond weights and grads (grads already exist, as during
+    grad accumulation) == the estimate's peak phase. With a vocabulary much wider than the model,
+    as in real configs, the peak is the start of backward, where the loss gradients join the
+    saved activations.
+    """
+    cfg = GPTConfig(sequence_len=64, vocab_size=4096, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+    model = build_model(cfg, "cpu")
+    model.train()
+    model.grad_checkpoint = ckpt
+    B, T = 4, 64
+    idx, targets = batch(cfg, B, T)
+
+    def step():
+        with autocast_for(precision):
+            loss = model(idx, targets)
+        loss.backward()
+
+    step()  # creates the .grad tensors
+    real = live_memory_peak(step)
+    phases = vram.estimate_phases(cfg, B, T, precision, "muon", ckpt, False, device_type="cpu")
+    assert vram.peak_phase(phases) == "backward_logits"
+    est = phases["backward_logits"]["total"]
+    assert abs(est - real) / real < 0.02, (est, real)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision,ckpt", [("bf16", False), ("bf16", True), ("fp32", False)])
+def test_estimate_within_10_percent_of_measured_on_gpu(precision, ckpt):
+    cfg = config("ittybitty target", 512)
+    est = vram.estimate_memory(cfg, 8, 512, precision, "muon", ckpt, False)["reserved"]
+    measured = vram.measure_memory(cfg, 8, 512, precision, "muon", ckpt, False)
+    assert abs(est - measured) / measured < 0.10, (est, measured)
