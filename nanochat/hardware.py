@@ -80,7 +80,9 @@ def device_name(device):
 
 
 def reset_peak_memory(device):
+    """Start a new peak-memory measurement (CUDA: also return cached blocks, so 'reserved' counts only what follows)."""
     if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 
