@@ -56,7 +56,7 @@ class Limits:
 @dataclass
 class Defaults:
     """Sampling settings for requests that leave them out."""
-    temperature: float = 0.8
+    temperature: float = 0.6
     top_k: int = 50
     top_p: float = 1.0
     max_tokens: int = 512
@@ -475,7 +475,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ValueError(f"{c} is not valid JSON")
         try:
             return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
 
     # --- routes

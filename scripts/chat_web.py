@@ -25,7 +25,7 @@ parser.add_argument("-g", "--model_tag", type=str, default=None, help="default m
 parser.add_argument("-s", "--step", type=int, default=None, help="default model's step (default: the latest)")
 parser.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
 parser.add_argument("-p", "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-parser.add_argument("-t", "--temperature", type=float, default=0.8, help="temperature for requests that set none (default 0.8)")
+parser.add_argument("-t", "--temperature", type=float, default=0.6, help="temperature for requests that set none (default 0.6)")
 parser.add_argument("-k", "--top_k", type=int, default=50, help="top-k for requests that set none (0 = all; default 50)")
 parser.add_argument("-m", "--max_tokens", type=int, default=512, help="reply length for requests that set none (default 512)")
 parser.add_argument("--workers", type=int, default=0, help="generation workers, each with its own copy of the model "
@@ -78,7 +78,7 @@ try:
         key = resolve_model(None, default_model)
     except ApiError as e:
         found = ", ".join(c["id"] for c in list_checkpoints()[:8])
-        die(e.message.split(": ", 1)[1] + (f" (checkpoints found: {found}; choose one with -i/-g/-s)" if found else ""))
+        die(e.message.split(": ", 1)[-1] + (f" (checkpoints found: {found}; choose one with -i/-g/-s)" if found else ""))
     workers = [Worker(d, args.max_loaded_models) for d in devices]
     for w in workers:  # load the default model now, so a broken checkpoint shows before the first visitor
         w.get(key)

@@ -7,10 +7,6 @@ import torch
 
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "browser: drives headless Chromium (skipped when it is not installed)")
-
-
 TEXT = """The quick brown fox jumps over the lazy dog. A small model can still talk, if only a little.
 Hello there! How are you today? I am fine, thank you. What is two plus two? Two plus two is four.
 Tell me a story about a cat who lived in a big house by the sea, and the boat that took her away.

@@ -285,6 +285,7 @@ def test_bad_requests(start_server):
     error_of(requests.post(api, data=b'{"temperature": NaN, "messages": []}', headers=json_header, timeout=T), 400)
     error_of(requests.post(api, data=b"\xff\xfe", headers=json_header, timeout=T), 400)
     error_of(requests.post(api, data=b"[1, 2]", headers=json_header, timeout=T), 400)
+    error_of(requests.post(api, data=b"[" * 100_000 + b"]" * 100_000, headers=json_header, timeout=T), 400)
     error_of(requests.post(api, data=b'{"messages": []}', headers={"Content-Type": "text/plain"}, timeout=T), 415, "Content-Type")
     error_of(requests.put(api, json={}, timeout=T), 405)
     error_of(requests.post(url + "v1/completions", json={}, timeout=T), 404)
@@ -418,6 +419,18 @@ def test_disconnect_frees_the_worker(start_server):
     assert chat(url, max_tokens=5).status_code == 200
     assert time.monotonic() - start < 5
     assert health(url)["completed"] == 1
+    # a client that gives up while waiting for a worker leaves the queue
+    conn, resp = open_stream(url, max_tokens=4000)
+    assert isinstance(next_event(resp), dict)
+    raw = socket.create_connection((host, port), timeout=T)
+    raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    wait_for(lambda: health(url)["waiting"] == 1, 5, "the request to wait")
+    raw.close()
+    wait_for(lambda: health(url)["waiting"] == 0, 5, "the request to leave the queue")
+    conn.close()
+    wait_for(lambda: health(url)["busy"] == 0, 5, "the worker to be free")
+    assert health(url)["disconnected"] == 4
 
 
 def test_queue_full_and_queue_timeout(start_server):
