@@ -386,49 +386,61 @@ def device_memory_bytes(device):
 # -----------------------------------------------------------------------------
 # measuring, on a CUDA GPU
 
+def train_steps(config, batch_size, seq_len, precision="bf16", optimizer="muon", grad_checkpoint=False,
+                compile=False, device="cuda", steps=3, micro_steps=2):
+    """
+    The training that measure_memory() measures: `steps` optimizer steps (nanochat.optim) of
+    `micro_steps` accumulated forward+backward passes on random tokens, autocast to `precision`
+    (GradScaler for fp16), zero_grad(set_to_none=True) after each step. Returns the last loss.
+    """
+    from nanochat.optim import build_optimizers
+    device = torch.device(device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    autocast = contextlib.nullcontext() if dtype == torch.float32 else torch.amp.autocast(device.type, dtype=dtype)
+    torch.manual_seed(0)
+    model = build_model(config, device)
+    model.train()
+    model.grad_checkpoint = grad_checkpoint
+    run = torch.compile(model, dynamic=False) if compile else model
+    optimizers = build_optimizers(model, kind=optimizer)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
+    y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
+    for _ in range(steps):
+        for _ in range(micro_steps):
+            with autocast:
+                loss = run(x, y) / micro_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+            last = loss.item() * micro_steps
+            del loss
+        for opt in optimizers:
+            scaler.step(opt) if scaler else opt.step()
+        if scaler:
+            scaler.update()
+        model.zero_grad(set_to_none=True)
+    return last
+
+
 def measure_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon", grad_checkpoint=False,
                    compile=False, device="cuda", steps=3, micro_steps=2):
     """
-    Train `steps` optimizer steps of `micro_steps` accumulated forward+backward passes on random
-    tokens (GradScaler for fp16) and return torch.cuda.max_memory_reserved() in bytes: the number
-    estimate_memory()["reserved"] predicts. Raises torch.OutOfMemoryError when it does not fit.
+    Run train_steps() on a CUDA GPU and return torch.cuda.max_memory_reserved() in bytes: the
+    number estimate_memory()["reserved"] predicts. Raises torch.OutOfMemoryError when it does not fit.
     """
     _check(precision, optimizer)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("measuring memory needs a CUDA GPU (it reads torch.cuda.max_memory_reserved); none is available")
-    from nanochat.optim import build_optimizers
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    autocast = contextlib.nullcontext() if dtype == torch.float32 else torch.amp.autocast("cuda", dtype=dtype)
-    model = optimizers = run = x = y = scaler = None
     try:
-        torch.manual_seed(0)
-        model = build_model(config, device)
-        model.train()
-        model.grad_checkpoint = grad_checkpoint
-        run = torch.compile(model, dynamic=False) if compile else model
-        optimizers = build_optimizers(model, kind=optimizer)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
-        y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
-        for _ in range(steps):
-            for _ in range(micro_steps):
-                with autocast:
-                    loss = run(x, y) / micro_steps
-                (scaler.scale(loss) if scaler else loss).backward()
-                del loss
-            for opt in optimizers:
-                scaler.step(opt) if scaler else opt.step()
-            if scaler:
-                scaler.update()
-            model.zero_grad(set_to_none=True)
+        train_steps(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, device, steps, micro_steps)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_reserved(device)
     finally:
-        del model, optimizers, run, x, y, scaler
+        # train_steps' model and optimizer are gone with its frame (after an OOM, once the caller
+        # has handled the exception; the next call's empty_cache returns them)
         gc.collect()
         torch.cuda.empty_cache()
         if compile:
