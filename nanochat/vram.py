@@ -21,9 +21,11 @@ The peak is found by walking the phases of a step and taking the largest:
   block backward  (recomputed) activations of one block + its backward temporaries
   optimizer step  no activations; the optimizer's temporaries
 
-Every number below with a constant in it says why. Where the CUDA kernels could not be checked on
-a GPU (Inductor's choices under torch.compile, the CUDA context, fragmentation), the constant is a
-judgement, named here so that `python -m scripts.vram_calc --measure` on a GPU can correct it.
+The saved-tensor accounting and the phase peaks are checked exactly against autograd on a CPU
+(tests/test_calculators.py, fp32 and an emulation of CUDA's autocast policy). Every constant below
+says why it is what it is; those that could not be checked without a GPU (Inductor's choices
+under torch.compile, the CUDA context, fragmentation) are judgements, named here so that
+`python -m scripts.vram_calc --measure` on a GPU can correct them.
 """
 import contextlib
 import gc
@@ -113,8 +115,8 @@ def _check(precision, optimizer=None, device_type="cuda"):
 
 def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cuda"):
     """
-    Bytes one transformer block keeps for backward, per token (plus a per-sequence part returned
-    separately as the second value: the rotary tables' negated sine, which does not scale with B).
+    Bytes one transformer block keeps for backward, per token, and (second value) per sequence
+    position-only part: the rotary tables, which do not scale with the batch size.
 
     Eager, under CUDA autocast (bf16/fp16; policy from ATen's autocast_mode.h):
       - the residual stream is fp32 (embedding output is fp32, attn/mlp outputs are added to it)
@@ -129,6 +131,8 @@ def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cu
       - swiglu: silu saves its input, the product saves both factors, c_proj saves the product
     fp32 (no autocast): one saved ln output shared by the linears, no casts, the mem-efficient
     kernel (flash has no fp32) pads the logsumexp to 32 positions.
+    device_type="cpu": CPU kernels (rms_norm decomposed, saving x*rstd when it has a weight) under
+    the same CUDA autocast policy, which is what tests/test_calculators.py checks against autograd.
     """
     _check(precision, device_type=device_type)
     c = config

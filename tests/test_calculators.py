@@ -257,7 +257,7 @@ def test_measure_memory_needs_cuda():
 @pytest.mark.parametrize("optimizer,precision,ckpt", [("muon", "fp32", False), ("adamw", "bf16", True)])
 def test_the_measured_training_runs(optimizer, precision, ckpt):
     # what --measure runs on a GPU, here on the CPU (CPU autocast for bf16)
-    loss = vram.train_steps(SMALL["gqa"], 2, 32, precision, optimizer, ckpt, False, "cpu", steps=2, micro_steps=2)
+    loss = vram.train_steps(SMALL["gqa"], 1, 16, precision, optimizer, ckpt, False, "cpu", steps=2, micro_steps=2)
     assert 0 < loss < 20
 
 # -----------------------------------------------------------------------------
