@@ -25,11 +25,16 @@ ARITHMETIC = {"addition": "+", "subtraction": "-", "multiplication": "*"}
 
 
 def exercise_key(kind, question):
-    """What makes two exercises 'the same question', whatever the template wording."""
+    """
+    What makes two exercises 'the same question', whatever the template's wording: the numbers
+    (sorted, so 47 + 38 and 38 + 47 are one), quoted words, bracket strings and the list after a
+    colon. Questions with one key always land in the same split.
+    """
     numbers = sorted(re.findall(r"\d+", question), key=int)
     quoted = re.findall(r'"[^"]*"', question)
-    lists = re.findall(r":\s*(.*)$", question)  # word lists come after a colon
-    return kind + "|" + ",".join(numbers) + "|" + ",".join(quoted) + "|" + (lists[0] if lists and not numbers else "")
+    brackets = re.findall(r"[()\[\]{}<>]+", question)
+    listed = question.split(":", 1)[1].strip().rstrip(".?") if ":" in question else ""
+    return "|".join([kind, ",".join(numbers), ",".join(quoted), ",".join(brackets), listed])
 
 
 def split_of(kind, question):
