@@ -59,10 +59,17 @@ class UserError(Exception):
 # arguments
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that also accepts --model-dim wherever --model_dim is defined."""
-    def add_argument(self, *names, **kwargs):
-        aliases = [n.replace("_", "-") for n in names if n.startswith("--") and "_" in n]
-        return super().add_argument(*names, *aliases, **kwargs)
+    """argparse that also accepts --model-dim wherever --model_dim is defined (groups included)."""
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = set(self._option_string_actions)
+        def underscored(arg):
+            if not arg.startswith("--"):
+                return arg
+            name, eq, value = arg.partition("=")
+            alt = "--" + name[2:].replace("-", "_")
+            return alt + eq + value if name not in known and alt in known else arg
+        return super().parse_known_args([underscored(a) for a in args], namespace)
 
 def str2bool(v):
     if isinstance(v, bool):

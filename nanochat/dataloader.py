@@ -10,8 +10,8 @@ and targets (the same stream shifted by one token) from it.
     loader = DataLoader(tokenizer, B=32, T=2048, split="train", device="cuda", state=state)
     # -> the same batches the first loader would have produced next
 
-Under DDP rank r reads row groups r, r + world_size, r + 2 * world_size, ... of every shard, so
-ranks see disjoint documents. Each rank has its own state: for an exact resume save every rank's
+Under DDP rank r reads row groups r, r + world_size, r + 2 * world_size, ... counting across all
+shards of the split (so a small corpus still feeds every rank), and ranks see disjoint documents. Each rank has its own state: for an exact resume save every rank's
 state_dict() (e.g. torch.distributed.all_gather_object) and pass the list as `state`; a state
 from another rank or world size resumes approximately, at the next round of row groups.
 """
@@ -41,19 +41,36 @@ class DataLoader:
             raise UserError(f"no {split} shards in {self.data_dir}")
         self.bos = tokenizer.get_bos_token_id()
 
+        # every row group of the split, numbered across shards; rank r takes r, r + world_size, ...
+        self.groups = [(i, g) for i, f in enumerate(self.files) for g in range(pq.ParquetFile(f).num_row_groups)]
+        if self.rank >= len(self.groups) and split == "train":
+            raise UserError(f"rank {self.rank} of {self.world_size} has no row groups to read in the {split} "
+                            f"split of {self.data_dir} ({len(self.groups)} in all): use fewer ranks or more data")
+        group_index = {sg: k for k, sg in enumerate(self.groups)}
+
         # Where the stream starts: (epoch, shard, row group, doc index, token offset in that doc)
-        start = (1, 0, self.rank, 0, 0)
+        # (a val split smaller than the world leaves some ranks nothing: the others evaluate)
+        k = self.rank
+        start = (1, *self.groups[k], 0, 0) if k < len(self.groups) else (1, 0, 0, 0, 0)
         if isinstance(state, (list, tuple)):  # one state per rank
             state = state[self.rank] if len(state) == self.world_size else state[0]
         if state is not None:
+            k = group_index.get((state["shard"], state["row_group"]))
+            if k is None:
+                raise UserError(f"the saved data position (shard {state['shard']}, row group {state['row_group']}) "
+                                f"is not in {self.data_dir}: was the data changed?")
             if state.get("rank") == self.rank and state.get("world_size") == self.world_size:
                 start = (state["epoch"], state["shard"], state["row_group"], state["doc"], state["token"])
             else:
                 # another rank's position: go to the next round of row groups, so nothing repeats
-                next_round = state["row_group"] // state["world_size"] + 1
-                start = (state["epoch"], state["shard"], next_round * self.world_size + self.rank, 0, 0)
+                k = (k // state["world_size"] + 1) * self.world_size + self.rank
+                epoch = state["epoch"]
+                if k >= len(self.groups):
+                    epoch, k = epoch + 1, self.rank
+                start = (epoch, *self.groups[k], 0, 0)
         self._start = start
-        self._batches = self._doc_batches(*start)
+        epoch, _, _, doc, token = start
+        self._batches = self._doc_batches(epoch, k, doc, token)
 
         # The token stream: _buf holds tokens from stream position _base on, _i indexes the next
         # token to hand out. _docs holds (stream position of the doc's first token, epoch, shard,
@@ -62,27 +79,22 @@ class DataLoader:
         self._buf, self._base, self._i = [], 0, 0
         self._docs = deque()
 
-    def _doc_batches(self, epoch, shard, rg, doc, token):
+    def _doc_batches(self, epoch, k, doc, token):
         """Yield (epoch, shard, row group, first doc index, texts, tokens to skip in the first text)."""
+        pf, pf_shard = None, None
         while True:
-            full_pass = (shard, rg, doc, token) == (0, self.rank, 0, 0)
-            found = False
-            for s in range(shard, len(self.files)):
-                pf = pq.ParquetFile(self.files[s])
-                for g in range(rg, pf.num_row_groups, self.world_size):
-                    found = True
-                    texts = pf.read_row_group(g, columns=["text"]).column("text").to_pylist()
-                    for i in range(doc, len(texts), self.tokenizer_batch_size):
-                        yield epoch, s, g, i, texts[i:i + self.tokenizer_batch_size], token
-                        token = 0
-                    doc = 0
-                rg = self.rank
-            if full_pass and not found:
-                raise UserError(f"rank {self.rank} of {self.world_size} has no row groups to read in the {self.split} "
-                                f"split of {self.data_dir}: use fewer ranks or more data")
+            for k in range(k, len(self.groups), self.world_size):
+                shard, rg = self.groups[k]
+                if shard != pf_shard:
+                    pf, pf_shard = pq.ParquetFile(self.files[shard]), shard
+                texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                for i in range(doc, len(texts), self.tokenizer_batch_size):
+                    yield epoch, shard, rg, i, texts[i:i + self.tokenizer_batch_size], token
+                    token = 0
+                doc = 0
             if self.split == "val":
                 return  # one pass
-            epoch, shard, rg, doc, token = epoch + 1, 0, self.rank, 0, 0
+            epoch, k, doc, token = epoch + 1, self.rank, 0, 0
 
     def _refill(self):
         """Tokenize the next batch of documents onto the stream; False when the data has ended."""

@@ -105,13 +105,17 @@ def split_files(split, data_dir):
 def parquets_iter_batched(split, data_dir=None, start=0, step=1):
     """
     Yield the texts of the split one row group at a time (a list of strings each).
-    start/step pick row groups within each shard, e.g. start=rank, step=world_size under DDP.
+    start/step pick row groups counted across all shards of the split, e.g. start=rank,
+    step=world_size under DDP (the DataLoader's order).
     """
     data_dir = data_dir or get_data_dir("auto")
+    k = 0  # row group number across shards
     for path in split_files(split, data_dir):
         pf = pq.ParquetFile(path)
-        for rg in range(start, pf.num_row_groups, step):
-            yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+        for rg in range(pf.num_row_groups):
+            if k >= start and (k - start) % step == 0:
+                yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+            k += 1
 
 
 def text_iterator(data_dir=None, max_chars=2_000_000_000, doc_cap=10_000):

@@ -77,6 +77,7 @@ class RMSNorm(nn.Module):
 def apply_rotary_emb(x, cos, sin):
     # x: (B, T, H, D); rotate the pair (first half, second half) of each head
     d = x.shape[3] // 2
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., :d], x[..., d:]
     y1 = x1 * cos + x2 * sin
     y2 = x1 * (-sin) + x2 * cos
@@ -222,8 +223,9 @@ class GPT(nn.Module):
         inv_freq = 1.0 / (base ** (channels / head_dim))
         t = torch.arange(seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)
-        # kept in bf16 as nanochat does, so imported checkpoints see the same rotation
-        cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+        # rounded to bf16 as nanochat does, so imported checkpoints see the same rotation; stored in
+        # fp32 and cast to the activations' dtype at use, so fp32 math does not promote every step
+        cos, sin = freqs.cos().bfloat16().float(), freqs.sin().bfloat16().float()
         return cos[None, :, None, :], sin[None, :, None, :]
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ Pretrain a base model.
 Settings -> setup -> loop. Everything derivable is derived: gradient accumulation from the total
 batch size, the number of iterations from a tokens:params ratio, learning rates scaled with width.
 """
+import inspect
 import os
 import time
 
@@ -149,7 +150,10 @@ if args.resume:
 if args.compile:
     model = torch.compile(model, dynamic=False)
 if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    # the only buffers are the rotary tables, the same on every rank: no need to broadcast them each step
+    # (the flag was renamed in newer torch)
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, **{no_sync: False})
 
 train_loader = DataLoader(tokenizer, B, T, "train", device=device, data_dir=data_dir, state=loader_state)
 def val_batches():
@@ -171,13 +175,18 @@ peak_flops = get_peak_flops(device)
 sample_prompts = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
                   "The opposite of hot is", "The planets of the solar system are:", "5 + 7 ="]
 
-def save(step, val_bpb):
+def save(step, val_bpb, gather=True):
+    # every rank reads its own part of the data: keep each rank's position (all ranks call this)
+    loader_states = step_loader_state
+    if ddp and gather:
+        loader_states = [None] * world_size
+        torch.distributed.all_gather_object(loader_states, step_loader_state)
     if not master:
         return
     meta = {
         "step": step, "val_bpb": val_bpb, "model_config": config.to_dict(), "user_config": user_config,
         "device_batch_size": B, "max_seq_len": T, "total_batch_size": total_batch_size,
-        "dataloader_state": step_loader_state, "loop_state": loop_state,
+        "dataloader_state": loader_states, "loop_state": loop_state,
     }
     save_checkpoint(checkpoint_dir, step, orig_model.state_dict(), [opt.state_dict() for opt in optimizers], meta)
     print0(f"saved checkpoint {checkpoint_dir} step {step}")
@@ -280,7 +289,7 @@ except KeyboardInterrupt:
         print0("interrupted during the optimizer update: not saving (use the last checkpoint)")
     else:
         print0(f"interrupted: saving step {step} so --resume can continue from it")
-        save(step, val_bpb)
+        save(step, val_bpb, gather=False)  # other ranks may be gone: their data resumes at the next round
     compute_cleanup()
     raise SystemExit(130)
 
