@@ -43,7 +43,7 @@ parser.add_argument("--batch_sizes", type=str, default="1,8,32", help="comma-sep
 parser.add_argument("--decode_prompt_len", type=int, default=64, help="prompt length before the timed decode")
 parser.add_argument("--decode_tokens", type=int, default=128, help="timed decode steps per batch size")
 parser.add_argument("--modes", type=str, default="eager,fast",
-                    help=f"comma-separated: eager, fast (graph on CUDA, static elsewhere), or {', '.join(MODES)}")
+                    help=f"comma-separated: naive (no KV cache), eager (KV cache), fast (graph on CUDA, static elsewhere), or {', '.join(MODES)}")
 parser.add_argument("--repeats", type=int, default=3, help="TTFT and decode: best of this many runs")
 parser.add_argument("--check_tokens", type=int, default=32, help="greedy tokens compared between the modes at batch 1 (0 = skip)")
 parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
@@ -82,8 +82,8 @@ fast_mode = fast_decode_mode(device) or "static"
 modes = []
 for m in (m.strip() for m in args.modes.split(",") if m.strip()):
     m = fast_mode if m == "fast" else m
-    if m not in ("eager",) + MODES:
-        die(f"--modes: unknown mode {m!r} (eager, fast, {', '.join(MODES)})")
+    if m not in ("naive", "eager") + MODES:
+        die(f"--modes: unknown mode {m!r} (naive, eager, fast, {', '.join(MODES)})")
     if m == "graph" and device_type != "cuda":
         die("--modes graph needs a CUDA device")
     if m not in modes:
@@ -137,7 +137,27 @@ class Eager:
             return model(next_ids.view(self.batch_size, 1), kv_cache=self.cache)[:, -1, :]
 
 
+class Naive:
+    """A plain loop without a KV cache (model.generate): every step reruns the whole sequence."""
+    def __init__(self, batch_size, max_len):
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def prefill(self, ids):
+        self.ids = ids.expand(self.batch_size, -1)
+        with autocast:
+            return model(self.ids)[:, -1, :]
+
+    @torch.inference_mode()
+    def step(self, next_ids):
+        self.ids = torch.cat([self.ids, next_ids.view(self.batch_size, 1)], dim=1)
+        with autocast:
+            return model(self.ids)[:, -1, :]
+
+
 def make(mode, batch_size, max_len):
+    if mode == "naive":
+        return Naive(batch_size, max_len)
     if mode == "eager":
         return Eager(batch_size, max_len)
     return StaticKVDecoder(model, batch_size, max_len, dtype=dtype, mode=mode)

@@ -46,6 +46,7 @@ parser.add_argument("--grad_checkpoint", action="store_true", help="recompute ac
 parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator, autotuning)")
 parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
 parser.add_argument("--peak_tflops", type=float, default=0.0, help="peak TFLOP/s for MFU when the device is not in the table")
+parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
 parser.add_argument("--seed", type=int, default=42)
 parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 args = parser.parse_args()
@@ -56,6 +57,8 @@ if args.warmup < 0:
     die(f"--warmup must be >= 0, got {args.warmup}")
 if is_ddp():
     die("bench_train measures one device: run it with python, not torchrun")
+if args.threads > 0:
+    torch.set_num_threads(args.threads)
 
 # -----------------------------------------------------------------------------
 # setup
@@ -148,6 +151,7 @@ result = {
     "device": device_name(device),
     "device_type": device_type,
     "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
     "date": time.strftime("%Y-%m-%d"),
     "config": config.to_dict(),
     "settings": {"device_batch_size": B, "max_seq_len": T, "grad_accum_steps": accum, "precision": str(dtype).removeprefix("torch."),
