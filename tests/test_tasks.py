@@ -91,6 +91,8 @@ def test_parse_mixture():
     m = parse_mixture("exercises.addition.2:3,chat:1", 100)
     assert m.counts() == [75, 25]
     assert all(m[i]["kind"] == "addition" for i in range(100) if m.task_ids[i] == 0)
+    direct = parse_mixture("exercises.addition@direct", 5)
+    assert all(isinstance(direct[i]["messages"][-1]["content"], str) for i in range(5))  # no calculator call
     for bad in ["nonsense:1", "exercises.addition.x", "exercises:-1", ""]:
         with pytest.raises(ValueError):
             parse_mixture(bad, 10)

@@ -11,6 +11,7 @@ A spec is "name:weight,name:weight,...", weights relative (60 and 0.6 mean the s
 are given that way). Names:
     exercises                 every exercise kind and difficulty (built-in)
     exercises.addition        one kind; exercises.addition.2: one kind at one difficulty
+    ...@direct                arithmetic answered without the calculator (e.g. exercises.addition@direct)
     chat                      greetings, identity, thanks (built-in)
     smoltalk                  HuggingFaceTB/smol-smoltalk (download it first)
     gsm8k, arc-easy, arc-challenge, mmlu   their train splits where they have one (auxiliary_train for MMLU)
@@ -94,7 +95,8 @@ def make_task(name, split="train", seed=0, size=None):
     """One task by its spec name (see the module docstring). size: for the generated tasks."""
     from nanochat.tasks import builtin
     size = size or 100_000
-    if name == "exercises" or name.startswith("exercises."):
+    if name.removesuffix("@direct") == "exercises" or name.startswith("exercises."):
+        name, direct = name.removesuffix("@direct"), name.endswith("@direct")
         _, *rest = name.split(".")
         kinds = [rest[0]] if rest else None
         difficulties = None
@@ -102,7 +104,7 @@ def make_task(name, split="train", seed=0, size=None):
             if not rest[1].isdigit():
                 raise ValueError(f"bad task name {name!r}: expected exercises.KIND.DIFFICULTY")
             difficulties = [int(rest[1])]
-        return builtin.ExerciseChat(size, split, kinds=kinds, difficulties=difficulties, seed=seed)
+        return builtin.ExerciseChat(size, split, kinds=kinds, difficulties=difficulties, seed=seed, tool=not direct)
     if name == "chat":
         return builtin.ChatBasics(max(1, size // 10), split, seed=seed)
     if name == "smoltalk":
@@ -120,7 +122,7 @@ def make_task(name, split="train", seed=0, size=None):
     if os.path.exists(name):
         from nanochat.tasks.custom import CustomChat
         return CustomChat(name, split)
-    raise ValueError(f"unknown task {name!r} in mixture: use exercises[.KIND[.DIFFICULTY]], chat, smoltalk, "
+    raise ValueError(f"unknown task {name!r} in mixture: use exercises[.KIND[.DIFFICULTY]][@direct], chat, smoltalk, "
                      f"gsm8k, arc-easy, arc-challenge, mmlu, or the path of a .jsonl/ChatML file")
 
 
