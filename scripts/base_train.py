@@ -95,9 +95,10 @@ print0(f"parameters: {num_params:,} | FLOPs per token: {num_flops_per_token:e}")
 
 # batch size: explicit, or the largest the memory estimate says fits
 T = args.max_seq_len
+precision_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 if args.device_batch_size == "auto":
     from nanochat.vram import auto_batch_size, device_memory_bytes
-    B = auto_batch_size(config, T, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"), args.optimizer,
+    B = auto_batch_size(config, T, precision_name, args.optimizer,
                         args.grad_checkpoint, args.compile, device_memory_bytes(device))
     if B == 0:
         die(f"even batch size 1 at sequence length {T} does not fit this device: try --grad_checkpoint or a smaller model")
@@ -283,6 +284,13 @@ try:
         print0(f"step {step:05d}/{num_iterations:05d} | loss: {train_loss:.6f} | smooth: {debiased:.4f} | lrm: {lrm:.2f} | "
                f"dt: {dt * 1000:.0f} ms | tok/s: {tok_per_sec:,.0f} | mfu: {mfu}{mem}")
         wandb_run.log({"step": step, "train/loss": train_loss, "train/tok_per_sec": tok_per_sec, "lrm": lrm})
+        if device_type == "cuda" and step == start_step + 3:
+            # the calculator's promise, checked on this run (scripts.vram_calc explains the parts)
+            from nanochat.vram import estimate_memory
+            est = estimate_memory(config, B, T, precision_name, args.optimizer, args.grad_checkpoint, args.compile)["reserved"]
+            measured = get_max_memory(device_type)
+            print0(f"memory: estimated {est / 2**30:.2f} GiB, measured peak reserved {measured / 2**30:.2f} GiB "
+                   f"({100 * (est - measured) / measured:+.1f}%)")
 except KeyboardInterrupt:
     # keep the work done so far: weights as of the start of this step, and where the data was then
     if in_update:
