@@ -14,9 +14,14 @@ How the shapes stay fixed:
   conversations do not read the whole cache.
 
 The math is gpt.py's, on the model's own parameters (rotary on the two halves, then QK-norm,
-softcap 15, GQA), with two rearrangements that do not change it: q, k and v come from one matmul
-of the concatenated weights (and SwiGLU's gate and up), and GQA groups the query heads of one kv
-head as rows of one attention call instead of repeating k and v. Under bf16/fp16 the step runs in
+softcap 15, GQA), rearranged to launch fewer kernels (each costs a few microseconds even inside a
+graph, which is what batch-1 speed is made of) without changing it:
+- q, k and v come from one matmul of the concatenated weights (and SwiGLU's gate and up);
+- rotary runs on q and k together, as x * [cos, cos] + [x2, x1] * [sin, -sin]: the same products
+  and sums as gpt.apply_rotary_emb, in 4 kernels instead of 8;
+- the attention mask is built once per step as an additive float mask, not per layer from bools;
+- GQA groups the query heads of one kv head as the rows of one attention call instead of
+  repeating k and v. Under bf16/fp16 the step runs in
 the same autocast as the eager path; the weights it multiplies are cast once up front (autocast
 would cast them to the same values on every call) so a token reads each weight once, in bf16.
 Prefill runs the model's own forward (eager) writing straight into the static cache.
@@ -37,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.common import get_compute_dtype
-from nanochat.gpt import KVCache, apply_rotary_emb, norm
+from nanochat.gpt import KVCache, norm
 
 MODES = ("static", "graph", "compile")
 
@@ -112,6 +117,9 @@ class StaticKVDecoder:
         lowp = self.use_autocast and self.dtype in (torch.bfloat16, torch.float16)
         cast = (lambda t: t.detach().to(self.dtype)) if lowp else (lambda t: t.detach())
         self.wte = m.transformer.wte.weight.detach()  # an embedding lookup is not autocast
+        # rotary tables for the one-pass form: x * [cos, cos] + [x2, x1] * [sin, -sin]
+        self.cos2 = torch.cat([m.cos, m.cos], dim=-1)   # (1, L, 1, D), bf16 like the model's
+        self.sin2 = torch.cat([m.sin, -m.sin], dim=-1)
         self.ln_e = _norm_weight(m.transformer.ln_e)
         self.ln_f = _norm_weight(m.transformer.ln_f)
         self.lm_head = cast(m.lm_head.weight)
@@ -156,14 +164,19 @@ class StaticKVDecoder:
         pos = self.pos
         x = F.embedding(self.token, self.wte)  # (B, 1, C)
         x = norm(x, self.ln_e)
-        cos = self.model.cos.index_select(1, pos)  # (1, 1, 1, D/2)
-        sin = self.model.sin.index_select(1, pos)
-        mask = (self.arange[:window] <= pos).view(1, 1, 1, window)
+        cos = self.cos2.index_select(1, pos)  # (1, 1, 1, D)
+        sin = self.sin2.index_select(1, pos)
+        # additive mask in the dtype attention runs in (SDPA would convert a bool mask per layer)
+        mask_dtype = self.dtype if self.use_autocast else self.k.dtype
+        mask = torch.zeros(window, dtype=mask_dtype, device=self.device)
+        mask = mask.masked_fill(self.arange[:window] > pos, float("-inf")).view(1, 1, 1, window)
         for i, w in enumerate(self.layers):
             h = norm(x, w["ln_1"])
             qkv = F.linear(h, w["qkv"]).view(B, 1, H + 2 * Hkv, D)
             # rotary and QK-norm act per head on the last dim: do q and k in one go
-            qk = norm(apply_rotary_emb(qkv[:, :, :H + Hkv], cos, sin))
+            qk = qkv[:, :, :H + Hkv]
+            swapped = torch.cat([qk[..., D // 2:], qk[..., :D // 2]], dim=-1)
+            qk = norm((qk * cos + swapped * sin).to(qk.dtype))
             q = qk[:, :, :H].transpose(1, 2)                 # (B, H, 1, D)
             k = qk[:, :, H:].transpose(1, 2)                 # (B, Hkv, 1, D)
             v = qkv[:, :, H + Hkv:].transpose(1, 2)          # (B, Hkv, 1, D)
