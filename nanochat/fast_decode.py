@@ -21,10 +21,11 @@ graph, which is what batch-1 speed is made of) without changing it:
   and sums as gpt.apply_rotary_emb, in 4 kernels instead of 8;
 - the attention mask is built once per step as an additive float mask, not per layer from bools;
 - GQA groups the query heads of one kv head as the rows of one attention call instead of
-  repeating k and v. Under bf16/fp16 the step runs in
-the same autocast as the eager path; the weights it multiplies are cast once up front (autocast
-would cast them to the same values on every call) so a token reads each weight once, in bf16.
-Prefill runs the model's own forward (eager) writing straight into the static cache.
+  repeating k and v.
+Under bf16/fp16 the step runs in the same autocast as the eager path, but the weights it
+multiplies are cast once up front (autocast would cast them to the same values on every call), so
+a token reads each weight once, in bf16. Prefill runs the model's own forward (eager), writing
+straight into the static cache.
 
     dec = make_decoder(model, batch_size=1, max_len=1024)
     logits = dec.prefill(prompt_ids)          # (B, vocab) for the last prompt position
@@ -204,17 +205,19 @@ class StaticKVDecoder:
 
     def _capture(self, window):
         """Warm up on a side stream (cuBLAS handles, allocator), then capture one step."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), self._autocast():
-            # the warm-up computes the real next step (same token and position), which the
-            # replay below then recomputes identically: the cache is not disturbed
-            for _ in range(2):
-                self._step_fn(window)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), self._autocast():
-            logits = self._step_fn(window)
+        with torch.cuda.device(self.device):  # capture on the model's GPU, whatever the current one is
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), self._autocast():
+                # the warm-up computes the real next step (same token and position), which the
+                # replay below then recomputes identically: the cache is not disturbed
+                for _ in range(2):
+                    self._step_fn(window)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads (the web server's workers) may use the GPU meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"), self._autocast():
+                logits = self._step_fn(window)
         return graph, logits
 
     @torch.inference_mode()

@@ -27,7 +27,7 @@ import torch
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, die, UserError, get_compute_dtype,
                              autocast_ctx, synchronize)
 from nanochat.gpt import add_arch_args, config_from_args, build_model
-from nanochat.fast_decode import StaticKVDecoder, fast_decode_mode, MODES
+from nanochat.fast_decode import make_decoder, fast_decode_mode, MODES
 from nanochat.hardware import device_name, get_peak_bandwidth, peak_memory, reset_peak_memory
 
 # -----------------------------------------------------------------------------
@@ -160,7 +160,8 @@ def make(mode, batch_size, max_len):
         return Naive(batch_size, max_len)
     if mode == "eager":
         return Eager(batch_size, max_len)
-    return StaticKVDecoder(model, batch_size, max_len, dtype=dtype, mode=mode)
+    # as the engine makes it: length rounded up to whole 256-position attention windows
+    return make_decoder(model, batch_size, max_len, dtype=dtype, mode=mode)
 
 
 @torch.inference_mode()

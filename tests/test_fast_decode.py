@@ -173,6 +173,10 @@ def test_make_decoder_rounds_and_fits(monkeypatch):
     assert dec.max_len == 128 and dec.mode == "static"
     assert dec.fits(2, 128) and not dec.fits(2, 129) and not dec.fits(1, 100)
     assert make_decoder(model, 1, 600, block=256).max_len == 640
+    # the weights a step reads: every matmul weight once (fp32 here), the embedding not at all
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "wte" not in n)
+    assert dec.weight_bytes() == 4 * matmul
+    assert StaticKVDecoder(model, 1, 16, dtype=torch.bfloat16).weight_bytes() == 2 * matmul
 
 
 def test_fast_decode_mode_env(monkeypatch):
