@@ -195,7 +195,8 @@ class StaticKVDecoder:
                 gate, up = F.linear(h, w["gate_fc"]).chunk(2, dim=-1)
                 h = F.silu(gate) * up
             else:
-                h = F.relu(F.linear(h, w["fc"])).square()
+                r = F.relu(F.linear(h, w["fc"]))
+                h = r * r  # as gpt.MLP: a product keeps the autocast dtype where .square() would not
             x = x + F.linear(h, w["mlp_proj"])
         x = norm(x, self.ln_f)
         logits = F.linear(x, self.lm_head)
