@@ -192,6 +192,32 @@ def test_fast_decode_mode_env(monkeypatch):
         fast_decode_mode("cpu")
 
 
+class StubTokenizer:
+    """What Engine needs when the calculator is off and stop tokens are given."""
+    def encode_special(self, name):
+        return {"<|python_start|>": 90, "<|python_end|>": 91, "<|output_start|>": 92, "<|output_end|>": 93,
+                "<|assistant_end|>": 94}[name]
+
+    def get_bos_token_id(self):
+        return 95
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_engine_same_tokens_with_fast_decode(monkeypatch, temperature):
+    # the engine's own use of the decoder: shared-prompt prefill, sampling, and the re-prefill of
+    # the most recent half when a reply fills a small context window
+    from nanochat.engine import Engine
+    model = random_model()
+    runs = {}
+    for env in ("0", "static"):
+        monkeypatch.setenv("NANOCHAT_FAST_DECODE", env)
+        engine = Engine(model, StubTokenizer(), max_context=24)
+        runs[env] = list(engine.generate(PROMPT, num_samples=3, max_tokens=40, temperature=temperature,
+                                         stop_tokens=set(), tools=False, seed=7))
+        assert (engine._fast is not None) == (env == "static")
+    assert len(runs["0"]) == 40 and runs["static"] == runs["0"]
+
+
 # -----------------------------------------------------------------------------
 # CUDA: the captured graph (and the compiled step) against the eager path
 
