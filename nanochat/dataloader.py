@@ -15,6 +15,8 @@ shards of the split (so a small corpus still feeds every rank), and ranks see di
 state_dict() (e.g. torch.distributed.all_gather_object) and pass the list as `state`; a state
 from another rank or world size resumes approximately, at the next round of row groups.
 """
+import queue
+import threading
 from collections import deque
 
 import pyarrow.parquet as pq
@@ -115,6 +117,10 @@ class DataLoader:
         return self
 
     def __next__(self):
+        return self.to_device(self.next_host())
+
+    def next_host(self):
+        """The next batch as one CPU tensor of B*T+1 tokens (pinned for CUDA); to_device() cuts it."""
         B, T = self.B, self.T
         need = B * T + 1
         while len(self._buf) - self._i < need:
@@ -132,9 +138,13 @@ class DataLoader:
             del self._buf[:self._i]
             self._base += self._i
             self._i = 0
+        return batch
+
+    def to_device(self, batch):
+        """(inputs, targets), each (B, T), on the device; from pinned memory the copy does not block."""
         if self.device.type != "cpu":
-            batch = batch.to(self.device, non_blocking=use_cuda)
-        return batch[:-1].view(B, T), batch[1:].view(B, T)
+            batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
+        return batch[:-1].view(self.B, self.T), batch[1:].view(self.B, self.T)
 
     def state_dict(self):
         """Where the next batch starts, as a small JSON-serialisable dict (cheap: no tokens)."""
@@ -150,3 +160,55 @@ class DataLoader:
     def epoch(self):
         """The pass over the data that the next batch comes from (1 = first)."""
         return self.state_dict()["epoch"]
+
+
+class BackgroundLoader:
+    """
+    Prepares the next batches of a DataLoader in a background thread (parquet reads and the BPE
+    encoder release the GIL), so the training loop never waits for tokenization: it only issues
+    the non-blocking copy of a ready, pinned batch. state_dict() is the position after the last
+    batch handed out (not after those prepared ahead), so checkpoints resume exactly.
+    """
+    def __init__(self, loader, depth=2):
+        self.loader = loader
+        self._state = loader.state_dict()
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        if self.loader.device.type == "cuda":
+            torch.cuda.set_device(self.loader.device)  # pinning in a new thread must not touch cuda:0 under DDP
+        try:
+            while not self._stop.is_set():
+                item = (self.loader.next_host(), self.loader.state_dict())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+        except BaseException as e:  # StopIteration at the end of the data included: hand it over
+            self._queue.put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # later calls fail the same way
+            raise item
+        batch, self._state = item
+        return self.loader.to_device(batch)
+
+    def state_dict(self):
+        return self._state
+
+    @property
+    def epoch(self):
+        return self._state["epoch"]
+
+    def close(self):
+        self._stop.set()

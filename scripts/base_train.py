@@ -21,7 +21,7 @@ from nanochat.common import (ArgumentParser, add_device_args, compute_init, comp
 from nanochat.gpt import add_arch_args, config_from_args, model_tag_for, build_model
 from nanochat.optim import build_optimizers, muon_momentum
 from nanochat.checkpoint_manager import save_checkpoint, load_checkpoint, find_last_step, get_checkpoints_dir
-from nanochat.dataloader import DataLoader
+from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_tokenizer, get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
@@ -64,6 +64,8 @@ parser.add_argument("--sample_every", type=int, default=2000, help="print sample
 parser.add_argument("--save_every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
 parser.add_argument("--model_tag", type=str, default="", help="checkpoint folder name (default d<depth>)")
 parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the model tag")
+parser.add_argument("--log_every", type=int, default=0,
+                    help="print loss and speed every N steps (0: 10 on CUDA, 1 elsewhere); reading the loss waits for the GPU")
 parser.add_argument("--seed", type=int, default=42)
 args = parser.parse_args()
 user_config = vars(args).copy()
@@ -156,7 +158,8 @@ if ddp:
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, **{no_sync: False})
 
-train_loader = DataLoader(tokenizer, B, T, "train", device=device, data_dir=data_dir, state=loader_state)
+# batches are tokenized and pinned in a background thread while the GPU works on the previous ones
+train_loader = BackgroundLoader(DataLoader(tokenizer, B, T, "train", device=device, data_dir=data_dir, state=loader_state))
 def val_batches():
     return DataLoader(tokenizer, B, T, "val", device=device, data_dir=data_dir)
 eval_steps = max(1, args.eval_tokens // tokens_per_fwdbwd)
@@ -187,7 +190,7 @@ def save(step, val_bpb, gather=True):
     meta = {
         "step": step, "val_bpb": val_bpb, "model_config": config.to_dict(), "user_config": user_config,
         "device_batch_size": B, "max_seq_len": T, "total_batch_size": total_batch_size,
-        "dataloader_state": loader_states, "loop_state": loop_state,
+        "dataloader_state": loader_states, "loop_state": {k: float(v) for k, v in loop_state.items()},
     }
     save_checkpoint(checkpoint_dir, step, orig_model.state_dict(), [opt.state_dict() for opt in optimizers], meta)
     print0(f"saved checkpoint {checkpoint_dir} step {step}")
@@ -210,34 +213,65 @@ def evaluate():
 
 # -----------------------------------------------------------------------------
 # training loop
-smooth_loss = loop_state.get("smooth_loss", 0.0)
+# Nothing in a step waits for the GPU: the loss is kept on the device (last value and its moving
+# average) and read only at logging steps, where the time since the previous log is measured.
+smooth_loss = torch.tensor(loop_state.get("smooth_loss", 0.0), device=device)
 total_time = loop_state.get("total_time", 0.0)
 min_val_bpb = loop_state.get("min_val_bpb", float("inf"))
+log_every = args.log_every if args.log_every > 0 else (10 if device_type == "cuda" else 1)
 val_bpb = None
 step = start_step
 step_loader_state = train_loader.state_dict()
 in_update = False
+window_steps = 0  # steps since the last log line
+
+def log_window():
+    """Print the steps since the last log line: the only place the loop waits for the GPU."""
+    global t_window, window_steps, total_time
+    train_loss = loss.item() * grad_accum_steps
+    synchronize(device_type)
+    now = time.perf_counter()
+    dt = (now - t_window) / window_steps
+    if step > start_step + 1 or step == num_iterations:
+        total_time += dt * window_steps  # the first step (its own window) includes compilation and warm-up
+    debiased = smooth_loss.item() / (1 - 0.9 ** step)
+    tok_per_sec = total_batch_size / dt
+    mfu = f"{100 * num_flops_per_token * tok_per_sec / (peak_flops * world_size):.1f}%" if peak_flops else "n/a"
+    mem = f" | mem: {get_max_memory(device_type) / 2**30:.2f} GiB" if device_type == "cuda" else ""
+    print0(f"step {step:05d}/{num_iterations:05d} | loss: {train_loss:.6f} | smooth: {debiased:.4f} | lrm: {lrm:.2f} | "
+           f"dt: {dt * 1000:.0f} ms | tok/s: {tok_per_sec:,.0f} | mfu: {mfu}{mem}")
+    wandb_run.log({"step": step, "train/loss": train_loss, "train/tok_per_sec": tok_per_sec, "lrm": lrm})
+    t_window, window_steps = now, 0
+
+synchronize(device_type)
+t_window = time.perf_counter()
 try:
     while True:
         last_step = step == num_iterations
         # the loop state at the start of this step: a checkpoint holds it with the data position
-        loop_state = {"smooth_loss": smooth_loss, "total_time": total_time, "min_val_bpb": min_val_bpb}
+        loop_state = {"smooth_loss": smooth_loss.clone(), "total_time": total_time, "min_val_bpb": min_val_bpb}
+        do_save = last_step or (args.save_every > 0 and step > start_step and step % args.save_every == 0)
+        do_eval = last_step or (args.eval_every > 0 and step % args.eval_every == 0)
+        do_sample = master and (last_step or (args.sample_every > 0 and step > 0 and step % args.sample_every == 0))
+        if window_steps and (do_save or do_eval or do_sample):
+            log_window()  # close the timing window before the pause
         # save first, so a crash in evaluation or sampling loses nothing
-        if (last_step or (args.save_every > 0 and step > start_step and step % args.save_every == 0)):
+        if do_save:
             save(step, val_bpb)
-        if last_step or (args.eval_every > 0 and step % args.eval_every == 0):
+        if do_eval:
             val_bpb = evaluate()
             min_val_bpb = min(min_val_bpb, val_bpb)
             print0(f"step {step:05d} | val bpb: {val_bpb:.4f}")
             wandb_run.log({"step": step, "val/bpb": val_bpb})
-        if master and (last_step or (args.sample_every > 0 and step > 0 and step % args.sample_every == 0)):
+        if do_sample:
             sample()
         if last_step:
             break
+        if do_save or do_eval or do_sample:
+            synchronize(device_type)
+            t_window = time.perf_counter()  # the pause is not training time
 
         # one optimizer step: grad_accum_steps micro-steps of B x T tokens
-        synchronize(device_type)
-        t0 = time.time()
         lrm = get_lr_multiplier(step)
         for opt in optimizers:
             for group in opt.param_groups:
@@ -259,7 +293,7 @@ try:
             for opt in optimizers:
                 scaler.unscale_(opt)
         if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)
+            torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)  # no host sync
         for opt in optimizers:
             scaler.step(opt) if scaler else opt.step()
         if scaler:
@@ -269,21 +303,11 @@ try:
         step += 1
         step_loader_state = train_loader.state_dict()  # where the data for the next step starts
         in_update = False
+        smooth_loss.mul_(0.9).add_(loss.detach() * grad_accum_steps, alpha=0.1)  # on the device: no wait
+        window_steps += 1
 
-        # logging (reading the loss syncs with the device, so only here)
-        train_loss = loss.item() * grad_accum_steps
-        synchronize(device_type)
-        dt = time.time() - t0
-        if step > start_step + 1 or step == num_iterations:
-            total_time += dt  # the first step includes compilation and warm-up
-        smooth_loss = 0.9 * smooth_loss + 0.1 * train_loss
-        debiased = smooth_loss / (1 - 0.9 ** step)
-        tok_per_sec = total_batch_size / dt
-        mfu = f"{100 * num_flops_per_token * tok_per_sec / (peak_flops * world_size):.1f}%" if peak_flops else "n/a"
-        mem = f" | mem: {get_max_memory(device_type) / 2**30:.2f} GiB" if device_type == "cuda" else ""
-        print0(f"step {step:05d}/{num_iterations:05d} | loss: {train_loss:.6f} | smooth: {debiased:.4f} | lrm: {lrm:.2f} | "
-               f"dt: {dt * 1000:.0f} ms | tok/s: {tok_per_sec:,.0f} | mfu: {mfu}{mem}")
-        wandb_run.log({"step": step, "train/loss": train_loss, "train/tok_per_sec": tok_per_sec, "lrm": lrm})
+        if step % log_every == 0 or step == start_step + 1 or step == num_iterations:
+            log_window()
         if device_type == "cuda" and step == start_step + 3:
             # the calculator's promise, checked on this run (scripts.vram_calc explains the parts)
             from nanochat.vram import estimate_memory
