@@ -102,3 +102,21 @@ def muon_momentum(step, warmup_steps=300):
     """Muon momentum warms up from 0.85 to 0.95 over the first steps (nanochat's schedule)."""
     frac = min(step / warmup_steps, 1.0)
     return (1 - frac) * 0.85 + frac * 0.95
+
+
+def step_optimizers(optimizers, params, scaler=None, grad_clip=0.0):
+    """
+    One update after backward: unscale (fp16 GradScaler), clip the global gradient norm, step
+    every optimizer, then drop the gradients. Nothing here waits for the GPU without a scaler.
+    """
+    if scaler is not None:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for opt in optimizers:
+        scaler.step(opt) if scaler is not None else opt.step()
+    if scaler is not None:
+        scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ from nanochat.common import (ArgumentParser, add_device_args, compute_init, comp
                              get_compute_dtype, autocast_ctx, synchronize, get_max_memory, get_peak_flops, init_wandb,
                              get_base_dir)
 from nanochat.gpt import add_arch_args, config_from_args, model_tag_for, build_model
-from nanochat.optim import build_optimizers, muon_momentum
+from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
 from nanochat.checkpoint_manager import save_checkpoint, load_checkpoint, find_last_step, get_checkpoints_dir
 from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir
@@ -289,17 +289,7 @@ try:
             loss = loss / grad_accum_steps
             (scaler.scale(loss) if scaler else loss).backward()
         in_update = True
-        if scaler:
-            for opt in optimizers:
-                scaler.unscale_(opt)
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)  # no host sync
-        for opt in optimizers:
-            scaler.step(opt) if scaler else opt.step()
-        if scaler:
-            scaler.update()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        step_optimizers(optimizers, orig_model.parameters(), scaler, args.grad_clip)
         step += 1
         step_loader_state = train_loader.state_dict()  # where the data for the next step starts
         in_update = False

@@ -26,7 +26,7 @@ import torch
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, die, UserError, is_ddp,
                              get_compute_dtype, autocast_ctx, synchronize, get_peak_flops)
 from nanochat.gpt import add_arch_args, config_from_args, build_model
-from nanochat.optim import build_optimizers
+from nanochat.optim import build_optimizers, step_optimizers
 from nanochat.hardware import device_name, peak_memory
 
 # -----------------------------------------------------------------------------
@@ -94,17 +94,7 @@ def train_step(micro_batches):
         with autocast:
             loss = model(x, y) / accum
         (scaler.scale(loss) if scaler else loss).backward()
-    if scaler:
-        for opt in optimizers:
-            scaler.unscale_(opt)
-    if args.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)
-    for opt in optimizers:
-        scaler.step(opt) if scaler else opt.step()
-    if scaler:
-        scaler.update()
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
+    step_optimizers(optimizers, orig_model.parameters(), scaler, args.grad_clip)
     return loss.detach()
 
 # -----------------------------------------------------------------------------
