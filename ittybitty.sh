@@ -47,3 +47,24 @@ stage "pretraining ($MODE)"
 python -m scripts.base_train $ARCH $TRAIN --data $DATA --model_tag $TAG --sample_every 0 --run "$WANDB_RUN"
 python -m scripts.base_complete -g $TAG -p "Question: What is 12 + 34?
 Answer:" -t 0 -m 8
+
+# --- chat: SFT on the built-in conversations, then one answer -----------------------------------
+# Arithmetic in the SFT data goes through the calculator tool (a tiny model copies numbers far
+# more reliably than it adds them), so the mixture is heavy in addition; see dev/BENCHMARKS.md.
+if [ "$MODE" = gpu ]; then
+    SFT="--max_seq_len 1024 --device_batch_size 16 --num_iterations 200"
+else
+    SFT="--max_seq_len 256 --device_batch_size 16 --num_iterations 80 --device_type cpu"
+fi
+stage "SFT on built-in conversations ($MODE)"
+python -m scripts.chat_sft --source base --model_tag $TAG $SFT --init_lr_frac 1.0 \
+    --mixture "exercises.addition.2:4,exercises.addition:2,exercises:2,chat:1" --warmdown_ratio 0.3 \
+    --eval_every 0 --eval_conversations 64 --run "$WANDB_RUN"
+
+stage "chat eval: two-digit addition, 50 held-out questions"
+python -m scripts.chat_eval -i sft -g $TAG -a builtin --kinds addition --difficulties 2 -n 50
+
+stage "a chat answer"
+python -m scripts.chat_cli -i sft -g $TAG -t 0 -p "What is 23 + 45?"
+echo
+echo "ittybitty: done in $((SECONDS - T_START))s. Talk to it: python -m scripts.chat_cli"
