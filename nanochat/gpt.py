@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nanochat.fused_loss import fused_linear_cross_entropy
+
 
 @dataclass
 class GPTConfig:
@@ -176,7 +178,10 @@ class MLP(nn.Module):
         if self.kind == "swiglu":
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         else:
-            h = F.relu(self.c_fc(x)).square()
+            # r * r rather than .square(): CUDA autocast runs pow in fp32 (and saves an fp32 copy
+            # for backward); a product of bf16 values keeps the compute dtype, same value
+            r = F.relu(self.c_fc(x))
+            h = r * r
         return self.c_proj(h)
 
 
@@ -325,6 +330,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if targets is not None and loss_reduction in ("mean", "sum"):
+            # the same loss as below, lm_head included, a chunk of rows at a time: the (B*T, V)
+            # logits and their gradients never exist at once (they were most of training's memory)
+            return fused_linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.view(-1),
+                                              self.softcap, loss_reduction)
         logits = self.lm_head(x)
         logits = self.softcap * torch.tanh(logits / self.softcap)
         if targets is None:

@@ -13,11 +13,14 @@ The training step modelled is nanochat's: fp32 master weights, autocast to bf16/
 matmuls (GradScaler with fp16), grad accumulation (so .grad tensors are alive while the next
 micro-batch runs forward and backward), zero_grad(set_to_none=True) after the optimizer step.
 
+The loss is nanochat.fused_loss: lm_head + softcap + cross-entropy a chunk of rows at a time,
+its gradients computed in the forward pass, so no B*T*V tensor exists (before it, the logits and
+their gradients took ~14 bytes per token per vocab entry: 10.5 GiB of Hamner-164M's 17.7 at batch 16).
+
 The peak is found by walking the phases of a step and taking the largest:
-  forward end     all saved activations + autocast's cache of bf16 weight copies + the logits
-                  tensors alive while the loss is computed
-  backward start  all saved activations + the loss/log-softmax gradients (B*T*V each; for big
-                  vocabularies this is usually the peak of the whole step)
+  forward (loss)  all saved activations + autocast's cache of bf16 weight copies + the loss's
+                  gradient buffers and one chunk's logits
+  backward start  all saved activations + the loss's saved gradients and the scaled ones it returns
   block backward  (recomputed) activations of one block + its backward temporaries
   optimizer step  no activations; the optimizer's temporaries
 
@@ -34,6 +37,7 @@ from dataclasses import asdict
 
 import torch
 
+from nanochat.fused_loss import chunk_rows
 from nanochat.gpt import GPT, build_model
 
 MiB = 1024 ** 2
@@ -53,8 +57,8 @@ CUDA_CONTEXT_BYTES = 512 * MiB
 # max_memory_reserved): 4-32 MiB per handle and stream depending on the GPU generation.
 LIBRARY_WORKSPACE_BYTES = 64 * MiB
 # The caching allocator rounds large blocks up to 2 MiB and cannot always reuse a freed block for a
-# differently sized request, so reserved > allocated. The big logits tensors are modelled exactly
-# (see _logits_bytes); this fraction covers everything else that comes and goes during the step.
+# differently sized request, so reserved > allocated. The loss chunks' tensors are modelled
+# (see _loss_bytes); this fraction covers everything else that comes and goes during the step.
 FRAGMENTATION = 0.05
 # torch.compile (Inductor, default mode): buffers for its generated kernels and the graph's
 # planned intermediates that are not freed exactly when eager would free them.
@@ -126,8 +130,8 @@ def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cu
       - rotary saves only its (1, T, 1, D/2) tables, not q/k; its output is cast to fp32 for QK-norm
       - SDPA is autocast to bf16: the fused kernel (flash/cuDNN/mem-efficient) saves q, k, v, out
         and the logsumexp (fp32, B*H*T); out is already laid out (B,T,H,D) so c_proj shares it
-      - relu(x).square(): relu saves its bf16 output; square is pow(x, 2), which autocast runs in
-        fp32, so the fp32 copy is saved too; c_proj then saves a bf16 cast of the square
+      - relu(x)^2 is written r * r (mul keeps bf16; pow would run in fp32): relu's bf16 output
+        (saved by relu and by the product) and the bf16 product (c_proj's input)
       - swiglu: silu saves its input, the product saves both factors, c_proj saves the product
     fp32 (no autocast): one saved ln output shared by the linears, no casts, the mem-efficient
     kernel (flash has no fp32) pads the logsumexp to 32 positions.
@@ -177,47 +181,58 @@ def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cu
     b += 4 * C + 4                                     # ln_2: fp32 input + rstd
     if low:
         b += (2 * 2 * C) if swiglu else (2 * C)        # bf16 casts of ln_2 output
-        b += 8 * M                                     # swiglu: 4 bf16 hidden tensors; relu2: relu out bf16 + fp32 pow input + bf16 c_proj input
+        b += (8 if swiglu else 4) * M                  # swiglu: 4 bf16 hidden tensors; relu2: relu out + product (c_proj input)
     else:
         b += 4 * C                                     # ln_2 output, shared by the linears
-        b += (16 if swiglu else 8) * M                 # swiglu: gate, silu, fc, product; relu2: relu out (= pow input), square
+        b += (16 if swiglu else 8) * M                 # swiglu: gate, silu, fc, product; relu2: relu out, product
     if device_type == "cpu" and c.norm_weight:
         b += 2 * 4 * C                                 # CPU rms_norm is decomposed: x*rstd is saved for the weight
     return b, per_seq
 
 
 def _nonblock_saved_bytes(config, precision, compile=False, device_type="cuda"):
-    """Per-token bytes saved outside the blocks: token ids, targets, ln_e, ln_f, lm_head input."""
+    """Per-token bytes saved outside the blocks and the loss: token ids, ln_e, ln_f."""
     C = config.n_embd
-    low = precision != "fp32"
-    b = 8 + 8                                          # idx (embedding backward) + targets (nll_loss)
+    b = 8                                              # idx (embedding backward)
     b += 2 * (4 * C + 4)                               # ln_e input (embedding output) and ln_f input (last block output), + rstd
-    b += 2 * C if low else 4 * C                       # lm_head input: bf16 cast of ln_f output / the fp32 output itself
     if device_type == "cpu" and config.norm_weight and not compile:
         b += 2 * 4 * C
     return b
 
 
-def _logits_bytes(config, precision, compile=False):
+def _loss_bytes(config, n_tokens, precision, device_type="cuda"):
     """
-    Bytes per token of the B*T*V logits tensors at the forward end, at the backward start (the
-    peak), and the extra the caching allocator reserves because of their sizes. Eager, bf16:
-      forward: lm_head out L (2V) -> L/15 -> tanh t (2V, saved) -> 15*t s (2V) -> s.float() f (4V)
-               -> log_softmax lsm (4V, saved); alive while the loss is computed: t, f, lsm = 10V
-      backward: nll grad g1 (4V) and log_softmax grad g2 (4V) next to the saved t and lsm = 14V
-      allocator: the 4V requests cannot reuse the freed 2V blocks (separate segments), so one more
-               4V segment is reserved than is ever allocated at once: 18V reserved.
-    fp32: L, L/15, tanh (saved), 15*t (= f, .float() is a no-op), lsm (saved): 12V forward; t, lsm,
-          g1, g2 = 16V backward; the freed 4V blocks fit the 4V requests, no extra segment.
-    Compiled: Inductor fuses softcap + log-softmax + nll into reductions over L: saved L, grad of L.
+    Bytes of the fused chunked loss (nanochat/fused_loss.py) over n_tokens = B*T rows. Its forward
+    runs chunks of n = min(N, chunk_rows(V)) rows and computes the gradients as it goes; with p the
+    bytes of the matmul dtype (2 under bf16/fp16, 4 in fp32):
+      saved     grad_x (N*C*p) and grad_W (fp32 V*C*4) kept for backward, and the 1/count scale
+      forward   saved + its input x, ln_f's fp32 output (N*C*4, not saved: freed when the loss
+                returns) + the cast of W (V*C*p, low precision) and of a chunk of x (n*C*p) + the
+                chunk's peak: the fp32 tanh t and softcapped s alive together (8nV); under low
+                precision later the cast gradient g (p*nV) with the chunk's (V, C) grad_W term
+                in the matmul dtype (p*V*C), when that is larger (fp32 adds it in place; on a
+                CPU, adding it to the fp32 grad_W makes an fp32 copy of it first, 4*V*C)
+      backward  saved + what it returns: dx in the residual stream's fp32 (N*C*4) and dW (V*C*4)
+      fragmentation  (reserved beyond allocated, low precision) the caching allocator cannot give
+                the freed p*nV matmul output to the 4nV fp32 requests, nor, when p*V*C > 4nV, a
+                freed 4nV block to the (V, C) term: each is one more segment, reused chunk to chunk
+    Compiled: taken as eager (Inductor can only fuse the chunk's elementwise steps away).
     """
-    V = config.vocab_size
-    if compile:
-        p = 4 if precision == "fp32" else 2
-        return {"forward": p * V, "backward": 2 * p * V, "fragmentation": 0}
-    if precision == "fp32":
-        return {"forward": 12 * V, "backward": 16 * V, "fragmentation": 0}
-    return {"forward": 10 * V, "backward": 14 * V, "fragmentation": 4 * V}
+    V, C, N = config.vocab_size, config.n_embd, n_tokens
+    n = min(N, chunk_rows(V))
+    low = precision != "fp32"
+    p = 2 if low else 4
+    saved = N * C * p + V * C * 4 + 4
+    chunk = 8 * n * V
+    if low:
+        term = p * V * C + (4 * V * C if device_type == "cpu" else 0)
+        chunk = max(chunk, p * n * V + term) + V * C * p + n * C * p
+    fragmentation = 0
+    if low and device_type == "cuda":
+        reserved = p * n * V + 8 * n * V + (p * V * C if p * V * C > 4 * n * V else 0) + V * C * p + n * C * p
+        fragmentation = reserved - chunk
+    return {"saved": saved, "forward": saved + N * C * 4 + chunk, "backward": saved + N * C * 4 + V * C * 4,
+            "fragmentation": fragmentation}
 
 
 def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_checkpoint=False,
@@ -225,8 +240,8 @@ def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_c
     """
     Bytes held for backward right after the forward (what saved_tensors_hooks would see, minus
     parameters and buffers): blocks, the rest of the model, autocast's saved weight copies, and the
-    logits tensors the loss saves (tanh output and log-softmax). With grad_checkpoint, only each
-    block's input is kept (the hooks do not see those, but memory does).
+    gradients the fused loss keeps (grad_x, grad_W). With grad_checkpoint, only each block's
+    input is kept (the hooks do not see those, but memory does).
     """
     _check(precision, device_type=device_type)
     N = batch_size * seq_len
@@ -237,13 +252,10 @@ def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_c
         blocks = config.n_layer * 4 * config.n_embd * N
     else:
         blocks = config.n_layer * (per_tok * N + per_seq)
-    weight_casts = 2 * (info["block_matrices"] + info["lm_head_matmul"]) if (low and not compile and not grad_checkpoint) else 0
-    if low and not compile and grad_checkpoint:
-        weight_casts = 2 * info["lm_head_matmul"]
-    logits = (2 + 4) * config.vocab_size * N if low else 8 * config.vocab_size * N
-    if compile:
-        logits = (2 if low else 4) * config.vocab_size * N
-    return int(blocks + _nonblock_saved_bytes(config, precision, compile, device_type) * N + weight_casts + logits)
+    # the linears of the blocks save autocast's bf16 weight copies (the loss casts W for itself)
+    weight_casts = 2 * info["block_matrices"] if (low and not compile and not grad_checkpoint) else 0
+    loss = _loss_bytes(config, N, precision, device_type)["saved"]
+    return int(blocks + _nonblock_saved_bytes(config, precision, compile, device_type) * N + weight_casts + loss)
 
 # -----------------------------------------------------------------------------
 # the estimate
@@ -284,35 +296,45 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
     per_tok, per_seq = layer_saved_bytes(c, seq_len, precision, compile, device_type)
     layer = per_tok * N + per_seq
     nonblock = _nonblock_saved_bytes(c, precision, compile, device_type) * N
-    logits = _logits_bytes(c, precision, compile)
-    # autocast keeps a bf16 copy of every weight used under it, cached until the autocast region
-    # is left (end of forward) and saved by each linear for backward (compiled: recomputed)
-    casts_all = 2 * (info["block_matrices"] + info["lm_head_matmul"]) if low and not compile else 0
+    loss = _loss_bytes(c, N, precision, device_type)
+    # autocast keeps a bf16 copy of every block weight used under it, cached until the autocast
+    # region is left (end of forward) and saved by each linear for backward (compiled: recomputed);
+    # the loss's own cast of the lm_head weight is in loss["forward"]
+    casts_blocks = 2 * info["block_matrices"] if low and not compile else 0
     casts_layer = 2 * info["layer_matrices"] if low and not compile else 0
-    casts_head = 2 * info["lm_head_matmul"] if low and not compile else 0
-    # temporaries while one block runs backward (rough; this phase is the peak only for small
-    # vocabularies, where the CPU check shows it 5-15% high): the residual stream's gradient
-    # (fp32, x2), three fp32 hidden-sized tensors of the MLP backward, and the weight gradient of
-    # the largest matrix as it arrives (bf16) and is cast to fp32 for accumulation
-    block_ws = (2 * 4 * c.n_embd + 3 * 4 * c.mlp_hidden) * N + (6 if low else 4) * info["max_matrix"]
+    # the last block's backward peaks in the MLP's product (r * r, or silu(gate) * fc): c_proj's
+    # backward has used and freed its saved input h and made grad_h, and the product's backward
+    # makes two more hidden-sized gradients before grad_h goes; alive beside them the incoming
+    # gradient of the residual stream (fp32, plus its cast to the matmul dtype). ln_f's saved
+    # input is gone by then; with tied embeddings the loss's fp32 grad_W waits in autograd's
+    # input buffer for the embedding's gradient, to the end of backward. (Checked on a CPU
+    # against autograd; the weight gradients of the block come and go before this point.)
+    C, M = c.n_embd, c.mlp_hidden
+    p = 2 if low else 4
+    block_ws = 3 * p * M * N + (4 + (2 if low else 0)) * C * N + (4 * c.vocab_size * C if c.tie_embeddings else 0)
+    freed = (0 if compile else p * M * N) + (4 * C + 4) * N + (4 * C * N if device_type == "cpu" and c.norm_weight and not compile else 0)
+    # checkpointing: the block is recomputed; its ln_1 saves the block input, which is the
+    # checkpoint's own kept input (counted once)
+    recomputed = layer - 4 * C * N + casts_layer
     kept = c.n_layer * 4 * c.n_embd * N if grad_checkpoint else c.n_layer * layer
     phases = {
-        # forward end: with checkpointing the blocks' activations were dropped, but autocast's
-        # weight cache lives until the forward leaves autocast
-        "forward": {"activations": kept + nonblock + casts_all, "logits": logits["forward"] * N, "workspace": 0},
-        "backward_logits": {"activations": kept + nonblock + (casts_head if grad_checkpoint else casts_all),
-                            "logits": logits["backward"] * N, "workspace": 0},
+        # the loss, at the end of forward: with checkpointing the blocks' activations were dropped,
+        # but autocast's weight cache lives until the forward leaves autocast
+        "forward_loss": {"activations": kept + nonblock + casts_blocks, "logits": loss["forward"], "workspace": 0},
+        # the loss's backward: its saved gradients and the scaled ones it returns
+        "backward_loss": {"activations": kept + nonblock + (0 if grad_checkpoint else casts_blocks),
+                          "logits": loss["backward"], "workspace": 0},
         # the last block's backward (checkpointing: after recomputing it, with its weight casts)
-        "backward_block": {"activations": kept + nonblock + ((layer + casts_layer) if grad_checkpoint else casts_all),
+        "backward_block": {"activations": kept + nonblock - freed + (recomputed if grad_checkpoint else casts_blocks),
                            "logits": 0, "workspace": block_ws},
         "optimizer_step": {"activations": 0, "logits": 0, "workspace": _step_workspace(info, optimizer)},
     }
     for ph in phases.values():
         ph["total"] = ph["activations"] + ph["logits"] + ph["workspace"]
         ph["fragmentation"] = 0
-    # the logits' extra allocator segment is reserved during the loss backward; later phases can
-    # reuse it (split), so it only raises the reserved peak when that phase is the peak
-    phases["backward_logits"]["fragmentation"] = logits["fragmentation"] * N
+    # the loss chunks' extra allocator segments are reserved during the loss; later phases can
+    # reuse them (split), so they only raise the reserved peak when that phase is the peak
+    phases["forward_loss"]["fragmentation"] = loss["fragmentation"]
     return phases
 
 
@@ -329,7 +351,7 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
       gradients     fp32 .grad for every parameter (alive during grad accumulation)
       optimizer     optimizer state
       activations   saved for backward at the peak phase (incl. autocast's bf16 weight copies)
-      logits        the B*T*V logits/loss tensors alive at the peak phase
+      logits        the loss's tensors alive at the peak phase: a chunk's logits, its gradients
       workspace     temporaries at the peak phase, library (cuBLAS) workspaces, compile buffers
       allocator     caching-allocator rounding/fragmentation (reserved minus allocated)
       cuda_context  driver/kernels context, outside max_memory_reserved
