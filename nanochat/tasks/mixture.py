@@ -119,9 +119,9 @@ def make_task(name, split="train", seed=0, size=None):
     if name == "mmlu":
         from nanochat.tasks.mmlu import MMLU
         return MMLU("auxiliary_train" if split == "train" else "validation")
-    if os.path.exists(name):
+    if os.path.exists(name) or os.sep in name or name.endswith((".jsonl", ".json", ".txt")):
         from nanochat.tasks.custom import CustomChat
-        return CustomChat(name, split)
+        return CustomChat(name, split)  # a missing file says so
     raise ValueError(f"unknown task {name!r} in mixture: use exercises[.KIND[.DIFFICULTY]][@direct], chat, smoltalk, "
                      f"gsm8k, arc-easy, arc-challenge, mmlu, or the path of a .jsonl/ChatML file")
 
