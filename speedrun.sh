@@ -53,7 +53,7 @@ python -m scripts.base_loss -g $TAG
 python -m scripts.base_complete -g $TAG -p "The capital of France is" -t 0 -m 16
 
 stage "mid-training"
-python -m scripts.mid_train --model_tag $TAG --max_seq_len $SEQ_LEN --device_batch_size auto --run "$WANDB_RUN"
+python -m scripts.mid_train --model_tag $TAG --max_seq_len $SEQ_LEN --device_batch_size auto --total_batch_size 262144 --run "$WANDB_RUN"
 
 stage "SFT"
 python -m scripts.chat_sft --model_tag $TAG --max_seq_len $SEQ_LEN --device_batch_size auto --run "$WANDB_RUN"
