@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError,
                              get_compute_dtype, autocast_ctx, synchronize, get_max_memory, init_wandb)
-from nanochat.optim import build_optimizers, muon_momentum
+from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
 from nanochat.checkpoint_manager import (save_checkpoint, load_checkpoint, load_model, find_last_step, find_model_tag,
                                          get_checkpoints_dir)
 from nanochat.tokenizer import render_conversation, render_for_completion
@@ -388,17 +388,7 @@ def main(phase, argv=None):
                 (scaler.scale(loss) if scaler else loss).backward()
                 pending_batch = next(batches, None)
             in_update = True
-            if scaler:
-                for opt in optimizers:
-                    scaler.unscale_(opt)
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(orig_model.parameters(), args.grad_clip)
-            for opt in optimizers:
-                scaler.step(opt) if scaler else opt.step()
-            if scaler:
-                scaler.update()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+            step_optimizers(optimizers, orig_model.parameters(), scaler, args.grad_clip)
             step += 1
             in_update = False
 
