@@ -251,6 +251,13 @@ def reply_parts(tokenizer, ids):
     return parts
 
 
+def tool_markers(tokenizer):
+    """How a reader sees the calculator's tokens in a streamed reply: [calculator: 23 + 45 = 68]."""
+    sp = tokenizer.encode_special
+    return {sp("<|python_start|>"): "[calculator: ", sp("<|python_end|>"): "", sp("<|output_start|>"): " = ",
+            sp("<|output_end|>"): "] "}
+
+
 def reply_text(parts):
     """What the assistant said, without its calculator calls and their outputs."""
     return "".join(p["text"] for p in parts if p["type"] == "text")

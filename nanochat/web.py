@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 from nanochat.checkpoint_manager import PHASE_DIRS, find_last_step, find_model_tag, get_checkpoints_dir, load_model
 from nanochat.common import UserError, get_base_dir
-from nanochat.engine import Engine, TextStreamer
+from nanochat.engine import Engine, TextStreamer, tool_markers
 from nanochat.tokenizer import render_for_completion, validate_conversation
 
 UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
@@ -347,6 +347,7 @@ class Reply:
         tok, req = self.tokenizer, self.req
         ends = {tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id()}
         streamer, stops = TextStreamer(tok), StopStrings(req.stop)
+        markers = tool_markers(tok)
         self.t_start = time.perf_counter()
         steps = self.engine.generate(self.prompt, num_samples=1, max_tokens=self.max_tokens, temperature=req.temperature,
                                      top_k=req.top_k or None, top_p=req.top_p, seed=req.seed)
@@ -360,7 +361,9 @@ class Reply:
                 if token in ends:
                     self.finish_reason = "stop"
                     break
-                piece, stopped = stops.push(streamer.feed(token))
+                # the calculator runs (a chat model answers arithmetic through it); its tokens show as text
+                text = streamer.flush() + markers[token] if token in markers else streamer.feed(token)
+                piece, stopped = stops.push(text)
                 if piece:
                     self.text += piece
                     yield piece

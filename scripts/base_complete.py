@@ -38,7 +38,8 @@ def complete(text, seed):
     streamer = TextStreamer(tokenizer)
     # a base model knows no chat turns: only <|bos|> (a new document) ends a completion early
     for column in engine.generate(tokens, max_tokens=args.max_tokens, temperature=args.temperature,
-                                  top_k=args.top_k or None, seed=seed, stop_tokens={tokenizer.get_bos_token_id()}):
+                                  top_k=args.top_k or None, seed=seed, stop_tokens={tokenizer.get_bos_token_id()},
+                                  tools=False):  # a base model never learned the calculator
         if column[0] == tokenizer.get_bos_token_id():
             break
         print(streamer.feed(column[0]), end="", flush=True)

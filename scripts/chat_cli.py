@@ -12,7 +12,7 @@ import sys
 
 from nanochat.common import ArgumentParser, add_device_args, compute_init, die, UserError
 from nanochat.checkpoint_manager import load_model
-from nanochat.engine import Engine, TextStreamer, reply_parts
+from nanochat.engine import Engine, TextStreamer, reply_parts, tool_markers
 from nanochat.tokenizer import render_for_completion
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -47,8 +47,7 @@ except UserError as e:
 engine = Engine(model, tokenizer, max_context=model.config.sequence_len)
 color = sys.stdout.isatty()
 sp = tokenizer.encode_special
-SHOW = {sp("<|python_start|>"): "[calculator: ", sp("<|python_end|>"): "", sp("<|output_start|>"): " = ",
-        sp("<|output_end|>"): "] "}
+SHOW = tool_markers(tokenizer)
 STOPS = {sp("<|assistant_end|>"), tokenizer.get_bos_token_id()}
 
 
