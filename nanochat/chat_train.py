@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError,
                              get_compute_dtype, autocast_ctx, synchronize, get_max_memory, init_wandb)
 from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
+from nanochat.vram import resolve_batch_plan
 from nanochat.checkpoint_manager import (save_checkpoint, load_checkpoint, load_model, find_last_step, find_model_tag,
                                          get_checkpoints_dir)
 from nanochat.tokenizer import render_conversation, render_for_completion
@@ -224,24 +225,14 @@ def main(phase, argv=None):
     print0(f"{NAMES[phase]} from {source}/{source_tag} step {source_meta['step']} -> {checkpoint_dir}")
     print0(f"mixture: {spec} | {len(train_mix):,d} conversations per epoch ({', '.join(map(str, train_mix.counts()))} by task)")
 
+    try:
+        B, total_batch_size, grad_accum_steps = resolve_batch_plan(
+            args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer, args.grad_checkpoint,
+            args.compile, device, world_size)
+    except UserError as e:
+        die(str(e))
     if args.device_batch_size == "auto":
-        from nanochat.vram import auto_batch_size, device_memory_bytes
-        B = auto_batch_size(config, T, {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"), args.optimizer,
-                            args.grad_checkpoint, args.compile, device_memory_bytes(device))
-        if B == 0:
-            die(f"even batch size 1 at sequence length {T} does not fit this device: try --grad_checkpoint or a shorter --max_seq_len")
         print0(f"--device_batch_size auto: {B}")
-    else:
-        try:
-            B = int(args.device_batch_size)
-            assert B > 0
-        except (ValueError, AssertionError):
-            die(f"--device_batch_size must be a positive integer or 'auto', got {args.device_batch_size!r}")
-    tokens_per_fwdbwd = B * T * world_size
-    total_batch_size = args.total_batch_size if args.total_batch_size > 0 else tokens_per_fwdbwd
-    if total_batch_size % tokens_per_fwdbwd != 0:
-        die(f"--total_batch_size {total_batch_size} must be a multiple of device_batch_size x max_seq_len x world_size = {tokens_per_fwdbwd}")
-    grad_accum_steps = total_batch_size // tokens_per_fwdbwd
     print0(f"tokens per step: {total_batch_size:,} = {B} x {T} x {world_size} ranks x {grad_accum_steps} accumulation steps")
     num_iterations = args.num_iterations
     total_conversations = args.num_epochs * len(train_mix)

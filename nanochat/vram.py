@@ -480,3 +480,39 @@ def measure_cuda_context(device="cuda"):
     torch.empty(1, device=device)  # make sure the context exists
     free, total = torch.cuda.mem_get_info(device)
     return total - free - torch.cuda.memory_reserved(device)
+
+# -----------------------------------------------------------------------------
+# the training scripts' batch plan
+
+def precision_name(dtype):
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def resolve_batch_plan(device_batch_size, total_batch_size, config, seq_len, dtype, optimizer, grad_checkpoint,
+                       compile, device, world_size):
+    """
+    The training scripts' --device_batch_size (a positive integer, or 'auto': the largest the
+    estimate says fits this device) and gradient accumulation derived from --total_batch_size
+    tokens (0 or less: no accumulation). Returns (B, total_batch_size, grad_accum_steps); raises
+    UserError with one line when the numbers cannot work.
+    """
+    from nanochat.common import UserError
+    if device_batch_size == "auto":
+        B = auto_batch_size(config, seq_len, precision_name(dtype), optimizer, grad_checkpoint, compile,
+                            device_memory_bytes(device))
+        if B == 0:
+            raise UserError(f"even batch size 1 at sequence length {seq_len} does not fit this device: "
+                            f"try --grad_checkpoint, a shorter --max_seq_len or a smaller model")
+    else:
+        try:
+            B = int(device_batch_size)
+        except ValueError:
+            B = 0
+        if B <= 0:
+            raise UserError(f"--device_batch_size must be a positive integer or 'auto', got {device_batch_size!r}")
+    tokens_per_fwdbwd = B * seq_len * world_size
+    total = total_batch_size if total_batch_size > 0 else tokens_per_fwdbwd
+    if total % tokens_per_fwdbwd != 0:
+        raise UserError(f"--total_batch_size {total} must be a multiple of device_batch_size x max_seq_len x "
+                        f"world_size = {B} x {seq_len} x {world_size} = {tokens_per_fwdbwd}")
+    return B, total, total // tokens_per_fwdbwd

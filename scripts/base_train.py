@@ -25,6 +25,7 @@ from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_tokenizer, get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.vram import resolve_batch_plan, estimate_memory, precision_name
 
 # -----------------------------------------------------------------------------
 # settings
@@ -95,27 +96,16 @@ num_params = model.num_params()
 num_flops_per_token = model.estimate_flops()
 print0(f"parameters: {num_params:,} | FLOPs per token: {num_flops_per_token:e}")
 
-# batch size: explicit, or the largest the memory estimate says fits
+# batch size: explicit, or the largest the memory estimate says fits; accumulation derived
 T = args.max_seq_len
-precision_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+try:
+    B, total_batch_size, grad_accum_steps = resolve_batch_plan(
+        args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer, args.grad_checkpoint,
+        args.compile, device, world_size)
+except UserError as e:
+    die(str(e))
 if args.device_batch_size == "auto":
-    from nanochat.vram import auto_batch_size, device_memory_bytes
-    B = auto_batch_size(config, T, precision_name, args.optimizer,
-                        args.grad_checkpoint, args.compile, device_memory_bytes(device))
-    if B == 0:
-        die(f"even batch size 1 at sequence length {T} does not fit this device: try --grad_checkpoint or a smaller model")
     print0(f"--device_batch_size auto: {B}")
-else:
-    try:
-        B = int(args.device_batch_size)
-        assert B > 0
-    except (ValueError, AssertionError):
-        die(f"--device_batch_size must be a positive integer or 'auto', got {args.device_batch_size!r}")
-tokens_per_fwdbwd = B * T * world_size
-total_batch_size = args.total_batch_size
-if total_batch_size % tokens_per_fwdbwd != 0:
-    die(f"--total_batch_size {total_batch_size} must be a multiple of device_batch_size x max_seq_len x world_size = {tokens_per_fwdbwd}")
-grad_accum_steps = total_batch_size // tokens_per_fwdbwd
 print0(f"tokens per step: {total_batch_size:,} = {B} x {T} x {world_size} ranks x {grad_accum_steps} accumulation steps")
 
 if args.num_iterations > 0:
@@ -162,7 +152,7 @@ if ddp:
 train_loader = BackgroundLoader(DataLoader(tokenizer, B, T, "train", device=device, data_dir=data_dir, state=loader_state))
 def val_batches():
     return DataLoader(tokenizer, B, T, "val", device=device, data_dir=data_dir)
-eval_steps = max(1, args.eval_tokens // tokens_per_fwdbwd)
+eval_steps = max(1, args.eval_tokens // (B * T * world_size))
 
 def get_lr_multiplier(it):
     """Linear warmup, constant, then linear warmdown to final_lr_frac."""
@@ -300,8 +290,7 @@ try:
             log_window()
         if device_type == "cuda" and step == start_step + 3:
             # the calculator's promise, checked on this run (scripts.vram_calc explains the parts)
-            from nanochat.vram import estimate_memory
-            est = estimate_memory(config, B, T, precision_name, args.optimizer, args.grad_checkpoint, args.compile)["reserved"]
+            est = estimate_memory(config, B, T, precision_name(dtype), args.optimizer, args.grad_checkpoint, args.compile)["reserved"]
             measured = get_max_memory(device_type)
             print0(f"memory: estimated {est / 2**30:.2f} GiB, measured peak reserved {measured / 2**30:.2f} GiB "
                    f"({100 * (est - measured) / measured:+.1f}%)")
