@@ -36,7 +36,7 @@ else
     python -m nanochat.dataset --builtin
     VOCAB=4096
     ARCH="--n_layer 4 --model_dim 128 --head_dim 32"
-    TRAIN="--max_seq_len 256 --device_batch_size 16 --total_batch_size 4096 --num_iterations 300 --eval_every 100 --eval_tokens 32768 --device_type cpu"
+    TRAIN="--max_seq_len 256 --device_batch_size 16 --total_batch_size 4096 --num_iterations 200 --eval_every 100 --eval_tokens 32768 --device_type cpu"
 fi
 TAG=ittybitty
 
