@@ -25,8 +25,8 @@ from nanochat.common import (ArgumentParser, add_device_args, compute_init, comp
                              get_compute_dtype, autocast_ctx, synchronize, get_max_memory, init_wandb)
 from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
 from nanochat.vram import resolve_batch_plan
-from nanochat.checkpoint_manager import (save_checkpoint, load_checkpoint, load_model, find_last_step, find_model_tag,
-                                         get_checkpoints_dir)
+from nanochat.checkpoint_manager import (save_checkpoint, load_model, find_last_step, find_model_tag,
+                                         get_checkpoints_dir, restore_training)
 from nanochat.tokenizer import render_conversation, render_for_completion
 
 PHASES = {
@@ -249,17 +249,10 @@ def main(phase, argv=None):
     start_step, loader_state, loop_state = 0, {"index": 0, "epoch": 0}, {}
     if args.resume:
         try:
-            start_step = find_last_step(checkpoint_dir)
-            model_state, optim_state, meta = load_checkpoint(checkpoint_dir, start_step, device, load_optimizer=True)
+            start_step, meta = restore_training(checkpoint_dir, device, model, optimizers)
         except UserError as e:
             die(f"--resume: {e}")
-        if meta["model_config"] != config.to_dict():
-            die(f"--resume: the checkpoint in {checkpoint_dir} has a different architecture than {source}/{source_tag}")
-        model.load_state_dict(model_state)
-        for opt, state in zip(optimizers, optim_state):
-            opt.load_state_dict(state)
         loader_state, loop_state = meta["dataloader_state"], meta.get("loop_state", {})
-        del model_state, optim_state
         print0(f"resumed from {checkpoint_dir} at step {start_step}")
 
     orig_model = model

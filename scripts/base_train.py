@@ -20,7 +20,7 @@ from nanochat.common import (ArgumentParser, add_device_args, compute_init, comp
                              get_base_dir)
 from nanochat.gpt import add_arch_args, config_from_args, model_tag_for, build_model
 from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
-from nanochat.checkpoint_manager import save_checkpoint, load_checkpoint, find_last_step, get_checkpoints_dir
+from nanochat.checkpoint_manager import save_checkpoint, restore_training, get_checkpoints_dir
 from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_tokenizer, get_token_bytes
@@ -127,17 +127,10 @@ checkpoint_dir = os.path.join(get_checkpoints_dir("base"), model_tag)
 start_step, loader_state, loop_state = 0, None, {}
 if args.resume:
     try:
-        start_step = find_last_step(checkpoint_dir)
-        model_state, optim_state, meta = load_checkpoint(checkpoint_dir, start_step, device, load_optimizer=True)
+        start_step, meta = restore_training(checkpoint_dir, device, model, optimizers)
     except UserError as e:
         die(f"--resume: {e}")
-    if meta["model_config"] != config.to_dict():
-        die(f"--resume: the checkpoint in {checkpoint_dir} has a different architecture; pass the same flags or another --model_tag")
-    model.load_state_dict(model_state)
-    for opt, state in zip(optimizers, optim_state):
-        opt.load_state_dict(state)
     loader_state, loop_state = meta.get("dataloader_state"), meta.get("loop_state", {})
-    del model_state, optim_state
     print0(f"resumed from {checkpoint_dir} at step {start_step}")
 
 if args.compile:
