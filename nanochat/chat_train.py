@@ -19,10 +19,9 @@ import os
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError,
-                             get_compute_dtype, autocast_ctx, synchronize, get_max_memory, init_wandb)
+                             get_compute_dtype, autocast_ctx, synchronize, get_max_memory, init_wandb, wrap_ddp)
 from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
 from nanochat.vram import resolve_batch_plan
 from nanochat.checkpoint_manager import (save_checkpoint, load_model, find_last_step, find_model_tag,
@@ -259,7 +258,7 @@ def main(phase, argv=None):
     if args.compile:
         model = torch.compile(model, dynamic=False)
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        model = wrap_ddp(model, device)
 
     def train_batches(state):
         stop_epoch = None if num_iterations > 0 else args.num_epochs

@@ -166,6 +166,17 @@ def compute_init(device_type=""):
         device = torch.device(device_type)
     return ddp, rank, local_rank, world_size, device
 
+def wrap_ddp(model, device):
+    """
+    DistributedDataParallel around the model. The only buffers are the rotary tables, the same on
+    every rank, so they are not broadcast before each forward (the flag was renamed in newer torch).
+    """
+    import inspect
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
+    device = torch.device(device)
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False})
+
 def compute_cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from nanochat.common import get_compute_dtype, autocast_ctx
 from nanochat.calculator import use_calculator
+from nanochat.fast_decode import fast_decode_mode, make_decoder
 
 
 def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
@@ -112,11 +113,7 @@ class Engine:
         return limit
 
     def _decoder(self, batch_size, max_len):
-        try:
-            from nanochat.fast_decode import fast_decode_mode, make_decoder
-        except ImportError:
-            fast_decode_mode = None
-        if fast_decode_mode is not None and fast_decode_mode(self.device) is not None:
+        if fast_decode_mode(self.device) is not None:
             if self._fast is None or not self._fast.fits(batch_size, max_len):
                 self._fast = None  # free the old cache first
                 self._fast = make_decoder(self.model, batch_size, max_len, dtype=self.dtype)

@@ -4,7 +4,6 @@ Bits per byte of a base model on the train and val splits.
     python -m scripts.base_loss                  # the latest base model
     python -m scripts.base_loss -g d4 --split_tokens 65536
 """
-import torch
 
 from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, autocast_ctx
 from nanochat.checkpoint_manager import load_model

@@ -8,16 +8,14 @@ Pretrain a base model.
 Settings -> setup -> loop. Everything derivable is derived: gradient accumulation from the total
 batch size, the number of iterations from a tokens:params ratio, learning rates scaled with width.
 """
-import inspect
 import os
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError,
                              get_compute_dtype, autocast_ctx, synchronize, get_max_memory, get_peak_flops, init_wandb,
-                             get_base_dir)
+                             wrap_ddp)
 from nanochat.gpt import add_arch_args, config_from_args, model_tag_for, build_model
 from nanochat.optim import build_optimizers, muon_momentum, step_optimizers
 from nanochat.checkpoint_manager import save_checkpoint, restore_training, get_checkpoints_dir
@@ -136,10 +134,7 @@ if args.resume:
 if args.compile:
     model = torch.compile(model, dynamic=False)
 if ddp:
-    # the only buffers are the rotary tables, the same on every rank: no need to broadcast them each step
-    # (the flag was renamed in newer torch)
-    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, **{no_sync: False})
+    model = wrap_ddp(model, device)
 
 # batches are tokenized and pinned in a background thread while the GPU works on the previous ones
 train_loader = BackgroundLoader(DataLoader(tokenizer, B, T, "train", device=device, data_dir=data_dir, state=loader_state))
