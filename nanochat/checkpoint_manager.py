@@ -1,6 +1,6 @@
 """
 Saving and loading checkpoints in nanochat's layout, so its users' files load as they are:
-$NANOCHAT_BASE_DIR/{base,mid,chatsft,chatrl}_checkpoints/<model_tag>/
+$NANOCHAT_BASE_DIR/{base,mid,chatsft,chatrl,curriculum}_checkpoints/<model_tag>/
     model_<step:06d>.pt   the model's state dict
     optim_<step:06d>.pt   the optimizers' state dicts (for --resume)
     meta_<step:06d>.json  model_config, training settings, loop and dataloader state
@@ -17,7 +17,8 @@ import torch
 from nanochat.common import get_base_dir, UserError
 from nanochat.gpt import GPT, GPTConfig
 
-PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
+PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints",
+              "curriculum": "curriculum_checkpoints"}
 
 
 def get_checkpoints_dir(source):

@@ -18,7 +18,7 @@ import time
 import torch
 
 from nanochat.common import ArgumentParser, add_device_args, compute_init, die, print0, UserError, autocast_ctx
-from nanochat.checkpoint_manager import find_model_tag, get_checkpoints_dir, load_model
+from nanochat.checkpoint_manager import PHASE_DIRS, find_model_tag, get_checkpoints_dir, load_model
 from nanochat.engine import Engine, reply_parts, reply_text
 from nanochat.exercises import DIFFICULTIES, KINDS
 from nanochat.tokenizer import render_for_completion
@@ -28,7 +28,7 @@ EXTERNAL = ["arc-easy", "arc-challenge", "mmlu", "gsm8k"]
 # -----------------------------------------------------------------------------
 # settings
 parser = ArgumentParser(prog="python -m scripts.chat_eval", description="Evaluate a chat model: built-in exercises, ARC, MMLU, GSM8K.")
-parser.add_argument("-i", "--source", type=str, default="sft", choices=["base", "mid", "sft", "rl"], help="which stage's checkpoint (default sft)")
+parser.add_argument("-i", "--source", type=str, default="sft", choices=list(PHASE_DIRS), help="which stage's checkpoint (default sft)")
 parser.add_argument("-g", "--model_tag", type=str, default=None, help="model tag (default: the deepest model)")
 parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
 parser.add_argument("-a", "--tasks", type=str, default="auto",
