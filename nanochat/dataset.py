@@ -1,17 +1,23 @@
 """
 Pretraining data: folders of parquet shards `shard_{i:05d}.parquet` with one `text` column, one
 document per row. The last shard of a folder is the validation split, the others are train.
-Three sources write that same layout, so one code path reads all of them:
+Four sources write that same layout, so one code path reads all of them:
 
     python -m nanochat.dataset -n 8        FineWeb-Edu shards 0..7 plus the validation shard
                                            -> $NANOCHAT_BASE_DIR/base_data/
     python -m nanochat.dataset --builtin   offline corpus: stdlib docstrings, pydoc topics and
-                                           generated exercises -> $NANOCHAT_BASE_DIR/builtin_data/
+                                           generated exercises (arithmetic, counting, brackets,
+                                           lists, sorting, copying, ListOps; nanochat.exercises)
+                                           -> $NANOCHAT_BASE_DIR/builtin_data/
+    python -m nanochat.dataset --tinystories
+                                           TinyStories (downloaded from the hub, see nanochat.tinystories)
+                                           -> $NANOCHAT_BASE_DIR/tinystories_data/
     python -m nanochat.dataset --text notes/ diary.md --name me
                                            your own .txt/.md files -> $NANOCHAT_BASE_DIR/text_data/me/
 
 Downloads resume from .part files and retry with backoff; HF_TOKEN (if set) is sent as a bearer
-token, and NANOCHAT_DATA_URL replaces the FineWeb-Edu address (a mirror, or a test server).
+token, NANOCHAT_DATA_URL replaces the FineWeb-Edu address and NANOCHAT_HF_URL the hub's host for
+TinyStories (a mirror, or a test server).
 
 Library API: get_data_dir(source), list_parquet_files(data_dir), split_files(split, data_dir),
 parquets_iter_batched(split, data_dir, start, step), text_iterator(data_dir, max_chars, doc_cap),
@@ -67,9 +73,10 @@ def _check_shards(data_dir, hint):
 def get_data_dir(source="auto"):
     """
     The folder of shards for a data source:
-    "fineweb" (base_data/), "builtin" (builtin_data/), "auto" (FineWeb when any shards were
-    downloaded, else the built-in corpus when built), the NAME given to `--text ... --name NAME`,
-    or a path to a folder of shards. Raises UserError with a one-line fix when there is no data.
+    "fineweb" (base_data/), "builtin" (builtin_data/), "tinystories" (tinystories_data/), "auto"
+    (FineWeb when any shards were downloaded, else the built-in corpus when built), the NAME given
+    to `--text ... --name NAME`, or a path to a folder of shards. Raises UserError with a one-line
+    fix when there is no data.
     """
     base = get_base_dir()
     fineweb_dir = os.path.join(base, "base_data")
@@ -86,12 +93,15 @@ def get_data_dir(source="auto"):
         return _check_shards(fineweb_dir, "download them with `python -m nanochat.dataset -n 8`")
     if source == "builtin":
         return _check_shards(builtin_dir, "build it with `python -m nanochat.dataset --builtin`")
+    if source == "tinystories":
+        return _check_shards(os.path.join(base, "tinystories_data"),
+                             "build it with `python -m nanochat.dataset --tinystories` (downloads ~2 GB)")
     text_dir = os.path.join(base, "text_data", source)
     if os.sep not in source and os.path.isdir(text_dir):
         return _check_shards(text_dir, f"rebuild it with `python -m nanochat.dataset --text PATH --name {source}`")
     if os.path.isdir(source):
         return _check_shards(source, "a data folder holds shard_00000.parquet, shard_00001.parquet, ...")
-    raise UserError(f"unknown data source {source!r}: use auto, fineweb, builtin, a --text name, or a folder of parquet shards")
+    raise UserError(f"unknown data source {source!r}: use auto, fineweb, builtin, tinystories, a --text name, or a folder of parquet shards")
 
 
 def split_files(split, data_dir):
@@ -553,6 +563,12 @@ def main(argv=None):
     parser.add_argument("-w", "--num_workers", type=int, default=4, help="shards downloaded at once (default 4)")
     parser.add_argument("--builtin", action="store_true", help="build the offline built-in corpus (no network needed)")
     parser.add_argument("--builtin_chars", type=float, default=4e6, help="size of the built-in corpus in characters (default 4e6)")
+    parser.add_argument("--tinystories", action="store_true", help="download TinyStories and convert it into shards")
+    parser.add_argument("--tinystories_version", type=int, choices=[1, 2], default=2,
+                        help="with --tinystories: 2 = TinyStoriesV2-GPT4 (GPT-4 stories only, default), 1 = the original files")
+    parser.add_argument("--tinystories_max_stories", type=int, default=None, help="with --tinystories: convert only the first N train stories")
+    parser.add_argument("--tinystories_shard_chars", type=float, default=5e7, help="with --tinystories: characters per train shard (default 5e7)")
+    parser.add_argument("--force", action="store_true", help="with --tinystories: convert again although the shards are there")
     parser.add_argument("--text", nargs="+", metavar="PATH", help=".txt/.md files or folders of them to turn into shards")
     parser.add_argument("--name", type=str, default=None, help="with --text: the data set's name (text_data/NAME, then --data NAME)")
     parser.add_argument("--split_by", choices=["paragraphs", "file"], default="paragraphs",
@@ -560,10 +576,11 @@ def main(argv=None):
     parser.add_argument("--doc_chars", type=int, default=2000, help="with --text --split_by paragraphs: document size in characters")
     args = parser.parse_args(argv)
 
-    modes = [args.num_shards is not None, args.builtin, args.text is not None]
+    modes = [args.num_shards is not None, args.builtin, args.tinystories, args.text is not None]
     if sum(modes) != 1:
         parser.print_usage(sys.stderr)
-        die("choose one of -n N (download FineWeb-Edu), --builtin (offline corpus), --text PATH --name NAME")
+        die("choose one of -n N (download FineWeb-Edu), --builtin (offline corpus), --tinystories (download TinyStories), "
+            "--text PATH --name NAME")
     try:
         t0 = time.time()
         if args.builtin:
@@ -573,6 +590,10 @@ def main(argv=None):
             written, doc_chars, ex_chars = build_builtin(out_dir, total_chars=int(args.builtin_chars))
             print0(f"built-in corpus: {doc_chars:,d} chars of Python documentation, {ex_chars:,d} chars of exercises")
             _print_written(written, out_dir, time.time() - t0)
+        elif args.tinystories:
+            from nanochat.tinystories import build_tinystories  # it imports this module
+            build_tinystories(args.tinystories_version, int(args.tinystories_shard_chars), args.tinystories_max_stories,
+                              force=args.force)
         elif args.text is not None:
             if not args.name:
                 raise UserError("--text needs --name NAME (the data set is then used with --data NAME)")

@@ -1,7 +1,8 @@
 """
 Generated exercises with exact short answers: arithmetic, counting, bracket matching, list
-operations, sorting and copying. They go into the offline built-in pretraining corpus (as plain
-text, see render_text) and, later, into built-in chat conversations and small benchmarks.
+operations, sorting, copying and ListOps (nested list expressions). They go into the offline
+built-in pretraining corpus (as plain text, see render_text) and, later, into built-in chat
+conversations and small benchmarks.
 
 Every generator has the signature gen(rng, difficulty) -> (question, answer):
 - rng is a random.Random, so the same seed always gives the same exercises;
@@ -20,6 +21,11 @@ Public API:
 
 Arithmetic difficulty is the number of digits of the operands, so ("addition", 2) is two-digit
 addition (e.g. "What is 47 + 38?" -> "85").
+
+ListOps (Nangia & Bowman 2018) nests the operators MAX, MIN, MED (median) and SM (sum modulo 10)
+over single digits: "What is the value of [MAX 3 [MIN 7 2] 5]?" -> "5". Difficulty sets the
+nesting depth (1, 2, 3, 3, 4) and the most arguments per operator (3, 3, 3, 4, 4); MED always has
+an odd number of arguments, so its median is one of them.
 """
 from typing import NamedTuple
 
@@ -216,6 +222,44 @@ def copy(rng, difficulty):
     return f"Copy exactly: {s}", s
 
 # -----------------------------------------------------------------------------
+# ListOps: nested MAX / MIN / MED / SM over single digits
+
+LISTOPS = {
+    "MAX": max,
+    "MIN": min,
+    "MED": lambda args: sorted(args)[len(args) // 2],  # always an odd count of arguments
+    "SM": lambda args: sum(args) % 10,
+}
+LISTOPS_SHAPE = [(1, 3), (2, 3), (3, 3), (3, 4), (4, 4)]  # (nesting depth, most arguments) per difficulty
+LISTOPS_NEST = 0.3  # chance that an argument off the deepest path is itself an operation
+
+
+def _listops_expr(rng, depth, max_args):
+    """A random expression nested exactly depth deep, as (text, value)."""
+    op = rng.choice(list(LISTOPS))
+    if op == "MED":
+        n = rng.choice(range(3, max_args + 1, 2))
+    else:
+        n = rng.randint(2, max_args)
+    deepest = rng.randrange(n)  # this argument carries the nesting down to the full depth
+    texts, values = [], []
+    for i in range(n):
+        if depth > 1 and (i == deepest or rng.random() < LISTOPS_NEST):
+            text, value = _listops_expr(rng, depth - 1 if i == deepest else rng.randint(1, depth - 1), max_args)
+        else:
+            value = rng.randint(0, 9)
+            text = str(value)
+        texts.append(text)
+        values.append(value)
+    return f"[{op} {' '.join(texts)}]", LISTOPS[op](values)
+
+
+def listops(rng, difficulty):
+    expr, value = _listops_expr(rng, *LISTOPS_SHAPE[difficulty - 1])
+    q = rng.choice(["What is the value of {e}?", "Evaluate {e}.", "Compute {e}."]).format(e=expr)
+    return q, str(value)
+
+# -----------------------------------------------------------------------------
 # public API
 
 GENERATORS = {
@@ -231,6 +275,7 @@ GENERATORS = {
     "length": length,
     "sort": sort,
     "copy": copy,
+    "listops": listops,
 }
 KINDS = tuple(GENERATORS)
 TWO_DIGIT_ADDITION = ("addition", 2)

@@ -334,3 +334,137 @@ def test_shards_to_download():
     assert dataset.shards_to_download(3) == [0, 1, 2, dataset.MAX_SHARD]
     assert dataset.shards_to_download(0) == [dataset.MAX_SHARD]
     assert len(dataset.shards_to_download(-1)) == dataset.MAX_SHARD + 1
+
+# -----------------------------------------------------------------------------
+# TinyStories, downloaded from the local HTTP server standing in for the hub
+
+def ts_story(rng, i):
+    words = "cat dog sun tree ball happy sad big little ran jumped played said friend mom".split()
+    paras = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))).capitalize() + "." for _ in range(rng.randint(1, 3))]
+    return f"Once upon a time {i}, Lily ☀ " + "\n\n".join(paras)
+
+
+def ts_stories(seed, n):
+    import random
+    rng = random.Random(seed)
+    return [ts_story(rng, i) for i in range(n)]
+
+
+def ts_text(stories):
+    # the hub's layout: a story, then a line <|endoftext|>; with stray spaces and blank lines around
+    lead, blank = ["  ", "", ""], ["\n", "", "", ""]
+    return "".join(f"{lead[i % 3]}{s}  \n{blank[i % 4]}<|endoftext|>\n" for i, s in enumerate(stories))
+
+
+TS_PATH = "datasets/roneneldan/TinyStories/resolve/main/"
+
+
+@pytest.fixture
+def tinystories_server(server, base_dir, monkeypatch):
+    """The server holding both versions' files; NANOCHAT_HF_URL points at it."""
+    from nanochat import tinystories
+    server.train, server.valid = ts_stories(0, 600), ts_stories(1, 40)
+    for train_name, valid_name in tinystories.FILES.values():
+        server.files[TS_PATH + train_name] = ts_text(server.train).encode()
+        server.files[TS_PATH + valid_name] = ts_text(server.valid).encode()
+    monkeypatch.setenv("NANOCHAT_HF_URL", server.url)
+    return server
+
+
+def ts_shard_texts(base):
+    paths = list_parquet_files(str(base / "tinystories_data"))
+    return [read_texts(p) for p in paths]
+
+
+def test_iter_stories(tmp_path):
+    from nanochat.tinystories import iter_stories
+    path = tmp_path / "t.txt"
+    path.write_text("  one\nstill one \n<|endoftext|>\n\n<|endoftext|>\ntwo<|endoftext|>three\n\n four \n")
+    assert list(iter_stories(str(path))) == ["one\nstill one", "two", "three\n\n four"]
+    assert list(iter_stories(str(path), max_stories=2)) == ["one\nstill one", "two"]
+    assert list(iter_stories(str(path), max_stories=0)) == []
+
+
+def test_tinystories_download_and_convert(tinystories_server, base_dir, monkeypatch, capsys):
+    from nanochat.tinystories import FILES, build_tinystories
+    srv = tinystories_server
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    with pytest.raises(UserError, match=r"python -m nanochat.dataset --tinystories") as e:
+        get_data_dir("tinystories")
+    assert "\n" not in str(e.value)
+    written, out_dir = build_tinystories(shard_chars=20_000, **FAST)
+    assert out_dir == str(base_dir / "tinystories_data") and get_data_dir("tinystories") == out_dir
+    shards = ts_shard_texts(base_dir)
+    assert len(shards) >= 3 and [p for p, _, _ in written] == list_parquet_files(out_dir)
+    # the stories exactly (stripped), in order; the validation stories in the last shard
+    assert [t for s in shards[:-1] for t in s] == [s.strip() for s in srv.train]
+    assert shards[-1] == srv.valid
+    assert [n for _, n, _ in written] == [len(s) for s in shards]
+    assert sum(c for _, _, c in written[:-1]) == sum(len(s) for s in srv.train)
+    assert all(c >= 20_000 for _, _, c in written[:-2])  # about shard_chars per train shard
+    assert [(n, auth) for n, _, auth in srv.log] == [(TS_PATH + f, "Bearer secret") for f in FILES[2]]
+    # the raw files are kept; the conversion's temporary folder is gone
+    assert sorted(os.listdir(base_dir / "tinystories_raw")) == sorted(FILES[2])
+    assert sorted(os.listdir(base_dir)) == ["tinystories_data", "tinystories_raw"]
+    out = capsys.readouterr().out
+    assert "train stories" in out and f"{len(srv.valid):,d} val stories" in out
+    # a rerun: says so, does nothing
+    assert build_tinystories(**FAST) == (None, out_dir)
+    assert "nothing to do" in capsys.readouterr().out and len(srv.log) == 2
+    # --force converts again from the kept files (no download), here only the first 7 stories
+    written, _ = build_tinystories(max_stories=7, force=True, **FAST)
+    assert len(srv.log) == 2 and len(written) == 2
+    assert ts_shard_texts(base_dir) == [srv.train[:7], srv.valid]
+
+
+def test_tinystories_resume_and_version_1(tinystories_server, base_dir):
+    from nanochat.tinystories import FILES, build_tinystories
+    srv = tinystories_server
+    raw = base_dir / "tinystories_raw"
+    raw.mkdir(parents=True)
+    train_name, valid_name = FILES[1]
+    data = srv.files[TS_PATH + train_name]
+    (raw / (train_name + ".part")).write_bytes(data[:5000])
+    written, _ = build_tinystories(version=1, max_stories=100, **FAST)
+    assert (raw / train_name).read_bytes() == data and not (raw / (train_name + ".part")).exists()
+    assert srv.log[0] == (TS_PATH + train_name, "bytes=5000-", None)
+    assert srv.log[1][0] == TS_PATH + valid_name
+    shards = ts_shard_texts(base_dir)
+    assert [t for s in shards[:-1] for t in s] == srv.train[:100] and shards[-1] == srv.valid
+
+
+def test_tinystories_download_errors(tinystories_server, base_dir, capsys, monkeypatch):
+    from nanochat.tinystories import FILES
+    srv = tinystories_server
+    del srv.files[TS_PATH + FILES[2][1]]  # no validation file: a 404, not retried
+    err = main_error(capsys, ["--tinystories"])
+    assert "404" in err and FILES[2][1] in err
+    assert (base_dir / "tinystories_raw" / FILES[2][0]).exists()  # the train file stays for the next run
+    srv.files[TS_PATH + FILES[2][1]] = b"<html>rate limited</html>"  # an error page sent with 200
+    assert "not a TinyStories text file" in main_error(capsys, ["--tinystories"])
+    assert not any(p.name.startswith(FILES[2][1]) for p in (base_dir / "tinystories_raw").iterdir())
+    assert not (base_dir / "tinystories_data").exists()
+    monkeypatch.setenv("NANOCHAT_HF_URL", "http://127.0.0.1:1")  # nothing listens: like having no network
+    assert "cannot reach" in main_error(capsys, ["--tinystories"])
+    assert main_error(capsys, ["--tinystories", "--builtin"]).startswith("error: choose one of")
+    assert "must be at least 1" in main_error(capsys, ["--tinystories", "--tinystories_max_stories", "0"])
+
+
+def test_tinystories_cli(tinystories_server, base_dir, capsys):
+    srv = tinystories_server
+    r = run_cli(["nanochat.dataset", "--tinystories", "--tinystories_max_stories", "250",
+                 "--tinystories_shard_chars", "1e4"], base_dir, NANOCHAT_HF_URL=srv.url)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "TinyStoriesV2-GPT4-train.txt" in out and "MB in" in out  # download progress
+    assert "converting" in out and "shard_00000.parquet  train" in out and "val" in out
+    assert f"250 train stories, {len(srv.valid)} val stories" in out
+    shards = ts_shard_texts(base_dir)
+    assert len(shards) >= 3 and [t for s in shards[:-1] for t in s] == srv.train[:250] and shards[-1] == srv.valid
+    # in-process rerun: nothing to do, nothing downloaded
+    n_requests = len(srv.log)
+    dataset.main(["--tinystories"])
+    assert "nothing to do" in capsys.readouterr().out and len(srv.log) == n_requests
+    with pytest.raises(SystemExit):
+        dataset.main(["--help"])
+    assert "--tinystories_version" in capsys.readouterr().out

@@ -1,11 +1,13 @@
 """Generated exercises: every answer recomputed independently from the question's text."""
 import random
 import re
+import statistics
 
 import pytest
 
 from nanochat.exercises import (DIFFICULTIES, KINDS, TWO_DIGIT_ADDITION, Exercise, exercise_document, generate,
                                 is_correct, random_exercise, render_text)
+from nanochat.tasks.builtin import ExerciseChat, exercise_key, exercise_set
 
 
 def list_after_colon(q):
@@ -25,6 +27,52 @@ def balanced(s):
         for pair in ("()", "[]", "{}", "<>"):
             s = s.replace(pair, "")
     return s == ""
+
+
+def listops_value(expr):
+    """
+    Evaluate a ListOps expression without recursion (the generator recurses): a stack of open
+    operations; a closing bracket applies the innermost one and hands its value to the one outside.
+    """
+    ops = {"MAX": max, "MIN": min, "SM": lambda xs: sum(xs) % 10, "MED": statistics.median}
+    tokens = re.findall(r"\[[A-Z]+|\d+|\]|\S", expr)
+    stack = [("", [])]
+    for tok in tokens:
+        if tok.startswith("["):
+            assert tok[1:] in ops, tok
+            stack.append((tok[1:], []))
+        elif tok == "]":
+            op, args = stack.pop()
+            assert len(args) >= 2, expr
+            if op == "MED":
+                assert len(args) % 2 == 1, expr  # a median of an odd count is one of the arguments
+            stack[-1][1].append(ops[op](args))
+        else:
+            assert tok.isdigit() and len(tok) == 1, (tok, expr)  # operands are single digits
+            stack[-1][1].append(int(tok))
+    assert len(stack) == 1 and len(stack[0][1]) == 1, expr
+    return stack[0][1][0]
+
+
+def listops_expression(q):
+    return re.search(r"\[.*\]", q).group(0)
+
+
+def listops_shape(expr):
+    """(nesting depth, most arguments of any one operation) of a ListOps expression."""
+    depth = deepest = widest = 0
+    counts = [0]
+    for tok in re.findall(r"\[[A-Z]+|\d|\]", expr):
+        if tok == "]":
+            widest = max(widest, counts.pop())
+            depth -= 1
+        else:
+            counts[-1] += 1
+            if tok.startswith("["):
+                counts.append(0)
+                depth += 1
+                deepest = max(deepest, depth)
+    return deepest, widest
 
 
 def solve(kind, q):
@@ -47,6 +95,8 @@ def solve(kind, q):
     if kind == "brackets":
         s = re.search(r"[()\[\]{}<>]+", q).group(0)
         return "yes" if balanced(s) else "no"
+    if kind == "listops":
+        return str(listops_value(listops_expression(q)))
     if kind == "copy":
         if q.startswith("Copy exactly: "):
             return q.removeprefix("Copy exactly: ")
@@ -152,3 +202,61 @@ def test_is_correct():
     assert is_correct("Yes", "yes")
     assert is_correct("1,  2, 3", "1, 2, 3")
     assert not is_correct("67", "68")
+
+
+def test_listops_evaluator():
+    assert listops_value("[MAX 3 [MIN 7 2] 5]") == 5
+    assert listops_value("[SM 9 8 [MED 1 7 4]]") == 1
+    assert listops_value("[MIN [MAX 0 1] [SM 5 5]]") == 0
+
+
+def test_listops_answers_over_many_seeds():
+    for seed in range(100):
+        rng = random.Random(seed)
+        for d in DIFFICULTIES:
+            for _ in range(10):
+                q, a = generate("listops", d, rng)
+                assert re.fullmatch(r"\d", a), (q, a)
+                assert str(listops_value(listops_expression(q))) == a, (d, q, a)
+
+
+def test_listops_depth_and_width_grow_with_difficulty():
+    rng = random.Random(11)
+    shapes = [{listops_shape(listops_expression(generate("listops", d, rng)[0])) for _ in range(300)}
+              for d in DIFFICULTIES]
+    depths = [{depth for depth, _ in cell} for cell in shapes]
+    widths = [max(width for _, width in cell) for cell in shapes]
+    assert all(len(ds) == 1 for ds in depths), depths  # each difficulty nests exactly so deep
+    depths = [ds.pop() for ds in depths]
+    assert depths == sorted(depths) and depths[0] == 1 and depths[-1] >= 4, depths
+    assert widths == sorted(widths) and widths[0] == 3 and widths[-1] > 3, widths
+    assert {width for _, width in shapes[0]} == {2, 3}  # difficulty 1: one flat operation of 2-3 digits
+    # every operator and every digit answer turns up
+    rng = random.Random(13)
+    qa = [generate("listops", d, rng) for d in DIFFICULTIES for _ in range(200)]
+    assert {op for q, _ in qa for op in re.findall(r"\[([A-Z]+)", q)} == {"MAX", "MIN", "MED", "SM"}
+    assert {a for _, a in qa} == set("0123456789")
+
+
+def test_listops_deterministic():
+    def run(seed):
+        rng = random.Random(seed)
+        return [generate("listops", d, rng) for d in DIFFICULTIES for _ in range(20)]
+    assert run(21) == run(21) and run(21) != run(22)
+    assert len({q for q, _ in run(21)}) > 90  # not the same few questions over and over
+
+
+def test_listops_held_out_cells():
+    # the key tells different expressions apart, and ignores the wording and the order of arguments
+    assert exercise_key("listops", "What is the value of [MAX 3 [MIN 7 2] 5]?") == \
+        exercise_key("listops", "Compute [MAX [MIN 2 7] 5 3].")
+    assert exercise_key("listops", "Compute [MAX 3 [MIN 7 2] 5].") != exercise_key("listops", "Compute [MIN 3 [MAX 7 2] 5].")
+    assert exercise_key("listops", "Compute [MAX 3 [MIN 7 2] 5].") != exercise_key("listops", "Compute [MAX 3 [MIN 7 5] 2].")
+    for d in DIFFICULTIES:
+        test = exercise_set("listops", d, 30)
+        train = ExerciseChat(300, "train", kinds=["listops"], difficulties=[d], multi_turn=0.0)
+        test_keys = {exercise_key("listops", c["messages"][0]["content"]) for c in test}
+        train_keys = {exercise_key("listops", c["messages"][0]["content"]) for c in train}
+        assert len(test_keys) > 10 and not test_keys & train_keys, d
+        assert all(c["kind"] == "listops" and c["difficulty"] == d for c in test)
+        assert all(solve("listops", c["messages"][0]["content"]) == c["answer"] for c in test)

@@ -2,16 +2,16 @@
 Built-in conversations, made on the spot with nothing downloaded:
 
 - ExerciseChat: the exercises of nanochat.exercises (arithmetic, counting, brackets, list
-  operations, sorting, copying; difficulty 1..5) asked by the user and answered exactly by the
-  assistant. Arithmetic is answered through the calculator tool: the assistant writes the
+  operations, sorting, copying, ListOps; difficulty 1..5) asked by the user and answered exactly
+  by the assistant. Arithmetic is answered through the calculator tool: the assistant writes the
   expression between <|python_start|> and <|python_end|>, the tool's output follows, and the
   assistant repeats the result; a small model copies far more reliably than it adds.
 - ChatBasics: greetings, thanks, goodbyes and who-are-you questions, answered as nanochat.
 
 Both are deterministic functions of (seed, split, index), so any size costs nothing up front.
 The train and test splits of ExerciseChat never share a question: each exercise has a key (its
-numbers and quoted words, so "What is 47 + 38?", "Add 38 and 47." share one) and about one key in
-ten belongs to the test split.
+numbers and quoted words, so "What is 47 + 38?", "Add 38 and 47." share one; for ListOps the
+expression with each operator's arguments sorted) and about one key in ten belongs to the test split.
 """
 import hashlib
 import random
@@ -30,11 +30,28 @@ def exercise_key(kind, question):
     (sorted, so 47 + 38 and 38 + 47 are one), quoted words, bracket strings and the list after a
     colon. Questions with one key always land in the same split.
     """
+    if kind == "listops":
+        return f"{kind}|{_listops_key(question)}"
     numbers = sorted(re.findall(r"\d+", question), key=int)
     quoted = re.findall(r'"[^"]*"', question)
     brackets = re.findall(r"[()\[\]{}<>]+", question)
     listed = question.split(":", 1)[1].strip().rstrip(".?") if ":" in question else ""
     return "|".join([kind, ",".join(numbers), ",".join(quoted), ",".join(brackets), listed])
+
+
+def _listops_key(question):
+    """A ListOps expression with each operator's arguments sorted: all its operators ignore their
+    arguments' order, so [MAX 3 [MIN 7 2]] and [MAX [MIN 2 7] 3] are one question."""
+    stack = [[]]
+    for token in re.findall(r"\[[A-Z]+|\d|\]", question):
+        if token.startswith("["):
+            stack.append([token])
+        elif token == "]":
+            op, *args = stack.pop()
+            stack[-1].append(f"{op} {' '.join(sorted(args))}]")
+        else:
+            stack[-1].append(token)
+    return " ".join(stack[0])
 
 
 def split_of(kind, question):
