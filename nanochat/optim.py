@@ -61,13 +61,74 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
 
 
+def parse_layer_lr(spec, n_layer):
+    """
+    --layer_lr "7-12:0.2,0:0.5" -> {7: 0.2, ..., 12: 0.2, 0: 0.5}: learning-rate multipliers for
+    blocks by index (0-based, as in transformer.h.{i}; ranges inclusive). Unnamed layers keep 1.0.
+    Raises UserError with one line for a spec that cannot be meant.
+    """
+    from nanochat.common import UserError
+    mults = {}
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        layers, sep, mult = part.partition(":")
+        lo, dash, hi = layers.partition("-")
+        try:
+            lo, hi, mult = int(lo), int(hi) if dash else int(lo), float(mult)
+        except ValueError:
+            raise UserError(f"--layer_lr {spec!r}: expected FIRST-LAST:MULT or LAYER:MULT items, e.g. '7-12:0.2'") from None
+        if not sep or mult < 0 or lo > hi:
+            raise UserError(f"--layer_lr {spec!r}: {part!r} needs FIRST <= LAST and a multiplier >= 0")
+        if lo < 0 or hi >= n_layer:
+            raise UserError(f"--layer_lr {spec!r}: layers are 0..{n_layer - 1} in this model, got {part!r}")
+        for i in range(lo, hi + 1):
+            if i in mults:
+                raise UserError(f"--layer_lr {spec!r}: layer {i} is named twice")
+            mults[i] = mult
+    return mults
+
+
+def _layer_ranges(layers):
+    """[7, 8, 9, 12] -> '7-9,12'"""
+    out, layers = [], sorted(layers)
+    for i in layers:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
+
+
+def _split_by_layer(model, params, layer_lr, name, lr):
+    """
+    Parameter groups for params: one per learning-rate multiplier of the layers they belong to
+    (parameters outside the blocks count as x1). Without --layer_lr this is a single group, as
+    it always was, so old optimizer checkpoints keep loading.
+    """
+    layer_of = {id(p): i for i, block in enumerate(model.transformer.h) for p in block.parameters()}
+    by_mult = {}
+    for p in params:
+        by_mult.setdefault(layer_lr.get(layer_of.get(id(p)), 1.0), []).append(p)
+    groups = []
+    for mult in sorted(by_mult, key=lambda m: (m != 1.0, m)):
+        layers = sorted({layer_of[id(p)] for p in by_mult[mult] if id(p) in layer_of})
+        label = name if mult == 1.0 else f"{name} x{mult:g}"
+        groups.append(dict(params=by_mult[mult], lr=lr * mult, name=label, layers=_layer_ranges(layers)))
+    return groups
+
+
 def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
-                     scalar_lr=0.004, adamw_lr=0.001, weight_decay=0.0, betas=(0.8, 0.95)):
+                     scalar_lr=0.004, adamw_lr=0.001, weight_decay=0.0, betas=(0.8, 0.95), layer_lr=None):
     """
     Returns a list of optimizers covering every parameter once. AdamW learning rates are scaled by
-    1/sqrt(model_dim/768), tuned at width 768 as in nanochat. Each group remembers its
-    `initial_lr` so the training loop can apply a schedule multiplier.
+    1/sqrt(model_dim/768), tuned at width 768 as in nanochat. layer_lr ({block index: multiplier},
+    see parse_layer_lr) scales the rates of those blocks' matrices and vectors, for Muon and AdamW
+    alike. Each group remembers its `initial_lr` so the training loop can apply a schedule
+    multiplier, and has a `name` for the start-up table (describe_optimizers).
     """
+    layer_lr = layer_lr or {}
     n_embd = model.config.n_embd
     dmodel_lr_scale = (n_embd / 768) ** -0.5
     wte = model.transformer.wte.weight
@@ -78,17 +139,19 @@ def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unemb
     assert len(matrices) + len(vectors) + (1 if tied else 2) == len(list(model.parameters()))
     fused = wte.is_cuda  # fused AdamW kernel where available
     # a tied matrix is also the classifier, which wants the gentle unembedding rate
-    adam_groups = [dict(params=[wte], lr=(unembedding_lr if tied else embedding_lr) * dmodel_lr_scale)]
+    adam_groups = [dict(params=[wte], lr=(unembedding_lr if tied else embedding_lr) * dmodel_lr_scale,
+                        name="embedding (tied lm_head)" if tied else "embedding")]
     if not tied:
-        adam_groups.append(dict(params=[lm_head], lr=unembedding_lr * dmodel_lr_scale))
+        adam_groups.append(dict(params=[lm_head], lr=unembedding_lr * dmodel_lr_scale, name="lm_head"))
     if vectors:
-        adam_groups.append(dict(params=vectors, lr=scalar_lr * dmodel_lr_scale))
+        adam_groups += _split_by_layer(model, vectors, layer_lr, "vectors", scalar_lr * dmodel_lr_scale)
     optimizers = []
     if kind == "muon":
         optimizers.append(torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay, fused=fused))
-        optimizers.append(Muon(matrices, lr=matrix_lr, momentum=0.95, weight_decay=weight_decay))
+        optimizers.append(Muon(_split_by_layer(model, matrices, layer_lr, "matrices", matrix_lr), lr=matrix_lr,
+                               momentum=0.95, weight_decay=weight_decay))
     elif kind == "adamw":
-        adam_groups.append(dict(params=matrices, lr=adamw_lr))
+        adam_groups += _split_by_layer(model, matrices, layer_lr, "matrices", adamw_lr)
         optimizers.append(torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay, fused=fused))
     else:
         raise ValueError(f"optimizer must be 'muon' or 'adamw', got {kind!r}")
@@ -96,6 +159,18 @@ def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unemb
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
     return optimizers
+
+
+def describe_optimizers(optimizers):
+    """One line per parameter group: optimizer, name, learning rate, layers and size (printed at start-up)."""
+    lines = []
+    for opt in optimizers:
+        for g in opt.param_groups:
+            n = sum(p.numel() for p in g["params"])
+            layers = f" | layers {g['layers']}" if g.get("layers") else ""
+            lines.append(f"  {type(opt).__name__.lower():5s} {g.get('name', '?'):22s} lr {g['initial_lr']:.6g}{layers} | "
+                         f"{len(g['params'])} tensors, {n:,d} params")
+    return "\n".join(lines)
 
 
 def muon_momentum(step, warmup_steps=300):

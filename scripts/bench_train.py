@@ -16,6 +16,7 @@ The timed loop does what base_train's hot loop should: data already on the devic
 synchronisation between steps (one at the start and one at the end of the timed window; on CUDA,
 events time each step without syncing), the loss read only after the loop.
 """
+import itertools
 import json
 import math
 import statistics
@@ -26,7 +27,7 @@ import torch
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, die, UserError, is_ddp,
                              get_compute_dtype, autocast_ctx, synchronize, get_peak_flops)
 from nanochat.gpt import add_arch_args, config_from_args, build_model
-from nanochat.optim import build_optimizers, step_optimizers
+from nanochat.trainer import Trainer
 from nanochat.hardware import device_name, peak_memory
 
 # -----------------------------------------------------------------------------
@@ -74,35 +75,27 @@ autocast = autocast_ctx(device_type, dtype)
 B, T, accum = args.device_batch_size, args.max_seq_len, args.grad_accum_steps
 
 model = build_model(config, device)
-model.grad_checkpoint = args.grad_checkpoint
-orig_model = model
 num_params = model.num_params()
 flops_per_token = model.estimate_flops()
-optimizers = build_optimizers(model, kind=args.optimizer)
-# fp16 has too little range for gradients: scale the loss (bf16 and fp32 need nothing)
-scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
-if args.compile:
-    model = torch.compile(model, dynamic=False)
+# the step of the shared training loop (nanochat.trainer), so this times what training runs:
+# LR setting, micro-steps, backward, clip, optimizer, zero_grad (fp16: the GradScaler; --compile)
+trainer = Trainer(model, args, device, dtype, B, T, accum)
+scaler = trainer.scaler
 
 # two different random batches already on the device, alternated: the benchmark times the model
 # and the optimizer, not data loading
 data = torch.randint(0, config.vocab_size, (2, accum, B, T + 1), device=device)
-batches = [[(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data[i]] for i in range(2)]
+trainer.set_batches(itertools.cycle([(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for i in range(2) for d in data[i]]))
 
-def train_step(micro_batches):
-    for x, y in micro_batches:
-        with autocast:
-            loss = model(x, y) / accum
-        (scaler.scale(loss) if scaler else loss).backward()
-    step_optimizers(optimizers, orig_model.parameters(), scaler, args.grad_clip)
-    return loss.detach()
+def train_step(_):
+    return trainer.train_step()
 
 # -----------------------------------------------------------------------------
 # warm-up, then the timed loop
 try:
     t0 = time.perf_counter()
     for i in range(args.warmup):
-        train_step(batches[i % 2])
+        train_step(i)
     synchronize(device_type)
     warmup_s = time.perf_counter() - t0
 
@@ -116,7 +109,7 @@ try:
             events[i][0].record()
         else:
             ts = time.perf_counter()
-        loss = train_step(batches[i % 2])
+        loss = train_step(i)
         if use_events:
             events[i][1].record()
         else:
@@ -125,7 +118,7 @@ try:
     total_s = time.perf_counter() - t0
     if use_events:
         step_s = [a.elapsed_time(b) / 1000 for a, b in events]
-    final_loss = loss.item() * accum
+    final_loss = loss.item()
 except torch.OutOfMemoryError:
     die(f"out of memory at batch {B} x {T}: try a smaller --device_batch_size, --grad_checkpoint or a smaller model")
 

@@ -1,13 +1,14 @@
 """
 Mid-training: teach a base model the conversation format, tool use and the tasks, on a large
-mixture, from base_checkpoints/ to mid_checkpoints/.
+mixture at the full learning rate, from base_checkpoints/ to mid_checkpoints/.
 
     python -m scripts.mid_train                                   # defaults: built-in tasks (+ SmolTalk when downloaded)
     torchrun --nproc_per_node 8 -m scripts.mid_train --device_batch_size 16
 
-The loop lives in nanochat/chat_train.py (shared with SFT); --help lists the flags.
+It is scripts/chat_sft.py run with mid-training's defaults (nanochat.chat_data.PHASES): one script
+to read, not two copies of it. --help lists the flags.
 """
-from nanochat.chat_train import main
+import runpy
 
 if __name__ == "__main__":
-    main("mid")
+    runpy.run_module("scripts.chat_sft", init_globals={"PHASE": "mid"}, run_name="__main__")

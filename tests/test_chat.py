@@ -4,6 +4,7 @@ Chat: conversation rendering and loss masks, packing conversations into rows, SF
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -78,7 +79,7 @@ def test_malformed_conversations_give_clear_errors(tok, messages, error):
 
 
 def test_conversation_rows_pack_whole_conversations_and_resume(tok):
-    from nanochat.chat_train import conversation_rows
+    from nanochat.chat_data import conversation_rows
     from nanochat.tasks.builtin import ExerciseChat
     task = ExerciseChat(60, seed=1)
     B, T = 3, 48
@@ -116,13 +117,25 @@ def tiny_train_dir(tmp_path, tok, monkeypatch):
     return tmp_path
 
 
+def train_script(module, argv, base_dir):
+    """Run a training script on the CPU; returns its stdout (fails the test on a non-zero exit)."""
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def val_losses(out):
+    return [float(v) for v in re.findall(r"^step \d+ \| val loss: ([\d.]+)", out, re.M)]
+
+
 def test_sft_lowers_the_loss_and_resumes(tiny_train_dir):
-    from nanochat.chat_train import main
     from nanochat.checkpoint_manager import load_checkpoint
     common = ["--device_type", "cpu", "--mixture", "exercises.addition.1:2,chat:1", "--device_batch_size", "4",
               "--max_seq_len", "64", "--init_lr_frac", "1.0", "--eval_conversations", "32", "--eval_every", "0"]
-    result = main("sft", common + ["--num_iterations", "12", "--save_every", "6"])
-    assert result["val_loss"] < result["first_val_loss"] - 0.5
+    out = train_script("scripts.chat_sft", common + ["--num_iterations", "12", "--save_every", "6"], tiny_train_dir)
+    first, last = val_losses(out)
+    assert last < first - 0.5
     ckpt = tiny_train_dir / "chatsft_checkpoints" / "t1"
     assert {"model_000006.pt", "meta_000006.json", "optim_000006.pt", "model_000012.pt", "meta_000012.json"} <= set(os.listdir(ckpt))
     _, _, meta = load_checkpoint(str(ckpt), 12, "cpu")
@@ -132,25 +145,30 @@ def test_sft_lowers_the_loss_and_resumes(tiny_train_dir):
     (tiny_train_dir / "chatsft_checkpoints" / "r").mkdir()
     for name in ("model_000006.pt", "optim_000006.pt", "meta_000006.json"):
         shutil.copy(ckpt / name, tiny_train_dir / "chatsft_checkpoints" / "r" / name)
-    main("sft", common + ["--num_iterations", "12", "--save_every", "6", "--output_tag", "r", "--resume"])
+    train_script("scripts.chat_sft", common + ["--num_iterations", "12", "--save_every", "6", "--output_tag", "r", "--resume"],
+                 tiny_train_dir)
     a, _, _ = load_checkpoint(str(ckpt), 12, "cpu")
     b, _, meta_b = load_checkpoint(str(tiny_train_dir / "chatsft_checkpoints" / "r"), 12, "cpu")
     assert meta_b["step"] == 12
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_mid_training_then_sft_from_mid(tiny_train_dir):
-    from nanochat.chat_train import main
-    main("mid", ["--device_type", "cpu", "--mixture", "chat", "--num_conversations", "40", "--device_batch_size", "4",
-                 "--max_seq_len", "64", "--eval_conversations", "8"])
+    out = train_script("scripts.mid_train", ["--device_type", "cpu", "--mixture", "chat", "--num_conversations", "40",
+                                             "--device_batch_size", "4", "--max_seq_len", "64", "--eval_conversations", "8"],
+                       tiny_train_dir)
+    # one epoch of 40 conversations, counted before the run so the schedule ends with it
+    n = int(re.search(r"iterations: (\d+) \(1 epoch", out).group(1))
+    assert re.search(rf"^step {n:05d}/{n:05d} \| loss", out, re.M) and f"step {n + 1:05d}" not in out
     assert (tiny_train_dir / "mid_checkpoints" / "t1").is_dir()
-    result = main("sft", ["--device_type", "cpu", "--mixture", "chat", "--num_iterations", "1", "--device_batch_size", "2",
-                          "--eval_conversations", "4"])
+    train_script("scripts.chat_sft", ["--device_type", "cpu", "--mixture", "chat", "--num_iterations", "1",
+                                      "--device_batch_size", "2", "--eval_conversations", "4"], tiny_train_dir)
     from nanochat.checkpoint_manager import load_checkpoint, find_last_step
     d = str(tiny_train_dir / "chatsft_checkpoints" / "t1")
-    _, _, meta = load_checkpoint(d, find_last_step(d), "cpu")
-    assert meta["source"]["phase"] == "mid" and result["step"] == 1
+    step = find_last_step(d)
+    _, _, meta = load_checkpoint(d, step, "cpu")
+    assert meta["source"]["phase"] == "mid" and step == 1
 
 # -----------------------------------------------------------------------------
 # scripts end to end

@@ -1,0 +1,466 @@
+"""
+The training loop. Pretraining (scripts/base_train.py), mid-training and SFT (scripts/mid_train.py,
+scripts/chat_sft.py) and curriculum training (scripts/curriculum_train.py) all train through
+Trainer.run; a script brings the model, the batches, and what to evaluate and sample.
+
+    trainer = Trainer(model, args, device, dtype, B, T, grad_accum_steps, checkpoint_dir)
+    meta = trainer.resume()          # None for a fresh start; else meta["dataloader_state"] etc.
+    batches = ...                    # an iterator of (x, y) with state_dict(), from meta's state
+    trainer.run(batches, num_iterations, evaluate=..., sample=...)
+
+One optimizer step is grad_accum_steps micro-steps of B x T tokens:
+- every group's learning rate is its initial_lr (the flags, times --init_lr_frac, times the
+  --layer_lr multiplier of its layers) times schedule(step): by default lr_multiplier's linear
+  warmup, constant, then a linear or cosine decay to --final_lr_frac;
+- under DDP gradients are all-reduced on the last micro-step only;
+- nothing waits for the device: the loss (last step's and its moving average) stays on it and is
+  read at logging steps only, where the time since the previous log line gives tokens/s and MFU;
+- the update is optim.step_optimizers (unscale for fp16, clip, step, zero_grad).
+Around the steps, every N steps and at the end: save first (so a crash in evaluation loses
+nothing), then evaluate, then sample. Ctrl-C saves. --resume continues the identical loss
+sequence from the latest checkpoint; --resume auto does so when there is one, else starts fresh.
+Metrics and samples go to files next to the checkpoints (nanochat.metrics).
+
+Batches: an iterator with state_dict() (where the next batch starts; saved with every checkpoint,
+one entry per rank). One that can run out (SFT by epochs; `finite` not False) may do so on one rank
+inside an accumulation: that rank finishes the step on zero-weighted repeats of its last batch, so
+every rank runs the same micro-steps (DDP would hang otherwise), and all stop at the step's end.
+A batch is a tuple handed to loss_fn(model, *batch) -> loss, or (loss, {name: value}) to log more.
+"""
+import argparse
+import math
+import time
+
+import torch
+import torch.distributed as dist
+
+from nanochat.common import (UserError, autocast_ctx, compute_cleanup, get_dist_info, get_max_memory, get_peak_flops,
+                             init_wandb, print0, str2bool, synchronize, wrap_ddp)
+from nanochat.checkpoint_manager import find_last_step, load_checkpoint, save_checkpoint
+from nanochat.metrics import RunLog
+from nanochat.optim import build_optimizers, describe_optimizers, muon_momentum, parse_layer_lr, step_optimizers
+
+# The settings every training script shares; a script changes defaults with add_training_args(**defaults).
+TRAIN_DEFAULTS = dict(
+    run="dummy", precision="auto", device_batch_size="32", total_batch_size=-1, num_iterations=-1,
+    optimizer="muon", embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.004, adamw_lr=0.001,
+    init_lr_frac=1.0, layer_lr="", weight_decay=0.0, grad_clip=1.0,
+    warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0, lr_decay="linear",
+    grad_checkpoint=False, compile=False, eval_every=250, sample_every=0, save_every=-1, log_every=0,
+    resume="no", seed=42,
+)
+# flags whose values a resumed run takes from the command line, not from the checkpoint (said when they differ)
+LR_FLAGS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "adamw_lr", "init_lr_frac", "layer_lr",
+            "weight_decay", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "lr_decay", "grad_clip")
+
+
+def _resume_mode(value):
+    value = {"": "yes", "1": "yes", "true": "yes", "0": "no", "false": "no"}.get(value.lower(), value.lower())
+    if value not in ("no", "yes", "auto"):
+        raise argparse.ArgumentTypeError(f"expected nothing, 'auto' or 'no', got {value!r}")
+    return value
+
+
+def add_training_args(parser, **defaults):
+    """The flags of the shared loop (batch, optimizer, schedule, cadence, resume), with per-script defaults."""
+    d = {**TRAIN_DEFAULTS, **defaults}
+    g = parser.add_argument_group("training (shared by every training script)")
+    g.add_argument("--run", type=str, default=d["run"], help="wandb run name ('dummy' = no wandb)")
+    g.add_argument("--precision", type=str, default=d["precision"], choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast dtype (auto: bf16 on CUDA where supported, else fp16 with GradScaler; fp32 on CPU)")
+    g.add_argument("--num_iterations", type=int, default=d["num_iterations"], help="optimizer steps (-1: derived; see the script's help)")
+    g.add_argument("--device_batch_size", type=str, default=d["device_batch_size"],
+                   help="rows per device per micro-step, or 'auto' (the largest that fits)")
+    g.add_argument("--total_batch_size", type=int, default=d["total_batch_size"],
+                   help="tokens per optimizer step; gradient accumulation is derived (-1: one micro-step per device)")
+    g.add_argument("--optimizer", type=str, default=d["optimizer"], choices=["muon", "adamw"], help="muon (Muon+AdamW) or adamw")
+    g.add_argument("--embedding_lr", type=float, default=d["embedding_lr"], help="AdamW lr of the token embedding")
+    g.add_argument("--unembedding_lr", type=float, default=d["unembedding_lr"], help="AdamW lr of the lm_head")
+    g.add_argument("--matrix_lr", type=float, default=d["matrix_lr"], help="Muon lr of the block matrices")
+    g.add_argument("--scalar_lr", type=float, default=d["scalar_lr"], help="AdamW lr of norm weights")
+    g.add_argument("--adamw_lr", type=float, default=d["adamw_lr"], help="lr of the block matrices with --optimizer adamw")
+    g.add_argument("--init_lr_frac", type=float, default=d["init_lr_frac"], help=f"all learning rates times this (default {d['init_lr_frac']})")
+    g.add_argument("--layer_lr", type=str, default=d["layer_lr"],
+                   help="per-layer lr multipliers, blocks counted from 0: '7-12:0.2' (layers 7 to 12 at 0.2x), '0:0.5,7-12:0.2'")
+    g.add_argument("--weight_decay", type=float, default=d["weight_decay"])
+    g.add_argument("--grad_clip", type=float, default=d["grad_clip"], help="clip the gradient norm (0 = off)")
+    g.add_argument("--warmup_ratio", type=float, default=d["warmup_ratio"], help="fraction of the steps of linear LR warmup")
+    g.add_argument("--warmdown_ratio", type=float, default=d["warmdown_ratio"], help="fraction of the steps of LR decay at the end")
+    g.add_argument("--final_lr_frac", type=float, default=d["final_lr_frac"], help="LR at the end as a fraction of the peak")
+    g.add_argument("--lr_decay", type=str, default=d["lr_decay"], choices=["linear", "cosine", "constant"],
+                   help="shape of the warmdown: linear, cosine, or constant (no decay)")
+    g.add_argument("--grad_checkpoint", type=str2bool, nargs="?", const=True, default=d["grad_checkpoint"],
+                   help="recompute activations in backward (less memory, ~30%% slower)")
+    g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=d["compile"], help="torch.compile the model")
+    g.add_argument("--eval_every", type=int, default=d["eval_every"], help="evaluate every N steps (0 = only at the end)")
+    g.add_argument("--sample_every", type=int, default=d["sample_every"], help="print samples every N steps (0 = only at the end)")
+    g.add_argument("--save_every", type=int, default=d["save_every"], help="checkpoint every N steps (-1 = only at the end)")
+    g.add_argument("--log_every", type=int, default=d["log_every"],
+                   help="print loss and speed every N steps (0: 10 on CUDA, 1 elsewhere); reading the loss waits for the GPU")
+    g.add_argument("--resume", type=_resume_mode, nargs="?", const="yes", default=d["resume"], metavar="auto",
+                   help="continue from the latest checkpoint of the output folder; '--resume auto': if there is one, else start fresh")
+    g.add_argument("--seed", type=int, default=d["seed"])
+    return g
+
+
+def lr_multiplier(step, num_steps, warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0, decay="linear"):
+    """
+    The learning-rate multiplier of step (0-based) of num_steps: linear warmup over the first
+    warmup_ratio of the steps, constant, then over the last warmdown_ratio a linear or half-cosine
+    decay towards final_lr_frac ("constant": none). Warmup and warmdown are whole steps.
+    """
+    warmup, warmdown = round(warmup_ratio * num_steps), round(warmdown_ratio * num_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "constant" or step <= num_steps - warmdown:
+        return 1.0
+    progress = (num_steps - step) / warmdown  # 1 where the warmdown starts, 1/warmdown at the last step
+    if decay == "cosine":
+        progress = 0.5 * (1 - math.cos(math.pi * progress))
+    return progress + (1 - progress) * final_lr_frac
+
+
+def default_loss(model, x, y):
+    return model(x, y)
+
+
+class Trainer:
+    def __init__(self, model, args, device, dtype, B, T, grad_accum_steps, checkpoint_dir=None, run_meta=None,
+                 loss_fn=default_loss, wandb_project="nanochat"):
+        self.args = argparse.Namespace(**{**TRAIN_DEFAULTS, **vars(args)})
+        args = self.args
+        self.orig_model = model  # uncompiled, unwrapped: for eval, sampling and saving
+        self.device = torch.device(device)
+        self.device_type = self.device.type
+        self.ddp, self.rank, _, self.world_size = get_dist_info()
+        self.master = self.rank == 0
+        self.dtype = dtype
+        self.autocast = autocast_ctx(self.device_type, dtype)
+        self.B, self.T, self.grad_accum_steps = B, T, grad_accum_steps
+        self.tokens_per_step = B * T * self.world_size * grad_accum_steps
+        self.checkpoint_dir = checkpoint_dir
+        self.run_meta = dict(run_meta or {})
+        self.loss_fn = loss_fn
+        self.wandb_project = wandb_project
+        self.user_config = vars(args).copy()
+        model.grad_checkpoint = args.grad_checkpoint
+        self.optimizers = build_optimizers(model, kind=args.optimizer, matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr,
+                                           unembedding_lr=args.unembedding_lr, scalar_lr=args.scalar_lr, adamw_lr=args.adamw_lr,
+                                           weight_decay=args.weight_decay, layer_lr=parse_layer_lr(args.layer_lr, model.config.n_layer))
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
+        self.scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
+        self.num_flops_per_token = model.estimate_flops()
+        self.peak_flops = get_peak_flops(self.device)
+        self.model = model
+        if args.compile:
+            self.model = torch.compile(self.model, dynamic=False)
+        if self.ddp:
+            self.model = wrap_ddp(self.model, self.device)
+        # the loop's state, saved with every checkpoint
+        self.step = 0
+        self.first_step = 0  # where this run (and its loss average) started: 0, or a curriculum's --phase
+        self.smooth_loss = torch.zeros((), device=self.device)
+        self.total_time = 0.0
+        self.val, self.first_val, self.min_val = {}, None, None
+        self.planned_iterations = None
+        self.log = RunLog(None)
+        self.in_update = False
+        self.extras = {}
+
+    def describe(self):
+        """The optimizer groups with their learning rates (printed at start-up)."""
+        return describe_optimizers(self.optimizers)
+
+    def start_at(self, step):
+        """A fresh run that starts at `step` (a curriculum's --phase): schedules and metrics count from there."""
+        self.step = self.first_step = step
+
+    # -------------------------------------------------------------------------
+    # checkpoints
+
+    def resume(self):
+        """
+        Load the latest checkpoint of checkpoint_dir into the model, optimizers and loop when --resume
+        asks for it (with 'auto': when there is one). Returns its meta (None for a fresh start), which
+        holds the data position. Raises UserError (one line) when it cannot continue that run.
+        """
+        mode = self.args.resume
+        if mode != "no":
+            try:
+                step = find_last_step(self.checkpoint_dir)
+            except UserError:
+                if mode == "yes":
+                    raise
+                print0(f"--resume auto: no checkpoint in {self.checkpoint_dir} yet: starting fresh")
+                mode = "no"
+        if mode == "no":
+            self.log = RunLog(self.checkpoint_dir, enabled=self.master)
+            return None
+        model_state, optim_state, meta = load_checkpoint(self.checkpoint_dir, step, self.device, load_optimizer=True)
+        self._check_resumable(meta, optim_state)
+        self.orig_model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model_state.items()})
+        fresh = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in self.optimizers]
+        for opt, state, groups in zip(self.optimizers, optim_state, fresh):
+            opt.load_state_dict(state)
+            for group, hyper in zip(opt.param_groups, groups):
+                group.update(hyper)  # the flags of this run, not the saved ones
+        self._say_changed_flags(meta.get("user_config", {}))
+        loop = meta.get("loop_state", {})
+        self.step = step
+        self.first_step = int(loop.get("first_step", 0))
+        self.smooth_loss.fill_(float(loop.get("smooth_loss", 0.0)))
+        self.total_time = float(loop.get("total_time", 0.0))
+        self.first_val, self.min_val = loop.get("first_val"), loop.get("min_val")
+        self.planned_iterations = meta.get("num_iterations")
+        self.log = RunLog(self.checkpoint_dir, resume_step=step, enabled=self.master)
+        print0(f"resumed from {self.checkpoint_dir} at step {step}")
+        return meta
+
+    def _check_resumable(self, meta, optim_state):
+        saved = meta.get("user_config", {}).get("optimizer", "muon")
+        if saved != self.args.optimizer:
+            raise UserError(f"the checkpoint in {self.checkpoint_dir} was trained with --optimizer {saved}, not "
+                            f"{self.args.optimizer}: resume with --optimizer {saved}, or start a new run without --resume")
+        if meta.get("model_config") != self.orig_model.config.to_dict():
+            raise UserError(f"the checkpoint in {self.checkpoint_dir} has a different architecture: pass the same "
+                            f"architecture flags, or another --model_tag/--output_tag")
+        groups = [len(s.get("param_groups", [])) for s in optim_state] if isinstance(optim_state, list) else None
+        if groups != [len(opt.param_groups) for opt in self.optimizers]:
+            raise UserError(f"the optimizer state in {self.checkpoint_dir} has other parameter groups than these flags make "
+                            f"(--layer_lr changed from {meta.get('user_config', {}).get('layer_lr', '')!r}?): "
+                            f"resume with the same --layer_lr")
+
+    def _say_changed_flags(self, saved_config):
+        for name in LR_FLAGS:
+            old, new = saved_config.get(name, TRAIN_DEFAULTS[name]), getattr(self.args, name)
+            if old != new:
+                print0(f"--resume: --{name} {new} replaces the checkpoint's {old} from here on")
+
+    def _loop_state(self):
+        return {"smooth_loss": self.smooth_loss.clone(), "total_time": self.total_time, "first_step": self.first_step,
+                "first_val": self.first_val, "min_val": self.min_val}
+
+    def save(self, data_state, loop_state=None, gather=True):
+        """A checkpoint of the current weights with the data position (every rank calls this under DDP)."""
+        states = data_state
+        if self.ddp and gather:  # every rank reads its own part of the data: keep each rank's position
+            states = [None] * self.world_size
+            dist.all_gather_object(states, data_state)
+        if not self.master or self.checkpoint_dir is None:
+            return
+        loop = loop_state or self._loop_state()
+        loop = {k: (v.item() if torch.is_tensor(v) else v) for k, v in loop.items()}
+        meta = {
+            "step": self.step, **self.val, "model_config": self.orig_model.config.to_dict(), "user_config": self.user_config,
+            "device_batch_size": self.B, "max_seq_len": self.T, "total_batch_size": self.tokens_per_step,
+            "num_iterations": self.planned_iterations, **self.run_meta, "dataloader_state": states, "loop_state": loop,
+        }
+        save_checkpoint(self.checkpoint_dir, self.step, self.orig_model.state_dict(),
+                        [opt.state_dict() for opt in self.optimizers], meta)
+        print0(f"saved checkpoint {self.checkpoint_dir} step {self.step}")
+
+    # -------------------------------------------------------------------------
+    # one optimizer step
+
+    def set_batches(self, batches):
+        """Start drawing from batches; one batch is always drawn ahead, so a run out of data is known before its step."""
+        self.batches = batches
+        self._state_of = getattr(batches, "state_dict", lambda: None)  # (a benchmark's batches have no position)
+        self._pending_state = self._state_of()  # where the pending batch starts: the resume point
+        self._pending = next(batches, None)
+        self._last_batch = None
+
+    def _next_batch(self):
+        """(batch, weight): weight 0 for a repeat of the last batch once this rank's data has run out."""
+        if self._pending is None:
+            return self._last_batch, 0
+        batch = self._last_batch = self._pending
+        self._pending_state = self._state_of()
+        self._pending = next(self.batches, None)
+        return batch, 1
+
+    def _out_of_data(self, finite):
+        out = self._pending is None
+        if self.ddp and finite:  # ranks may run out at different steps: stop together
+            flag = torch.tensor(int(out), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out = bool(flag.item())
+        return out
+
+    def train_step(self, lrm=1.0):
+        """grad_accum_steps micro-steps and one update at lrm x the initial rates; returns the step's mean loss (on the device)."""
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lrm
+                if "momentum" in group:
+                    group["momentum"] = muon_momentum(self.step)
+        accum, total, real = self.grad_accum_steps, None, 0
+        for micro_step in range(accum):
+            batch, weight = self._next_batch()
+            if self.ddp:  # all-reduce the gradients only on the last micro-step
+                self.model.require_backward_grad_sync = micro_step == accum - 1
+            with self.autocast:
+                out = self.loss_fn(self.model, *batch)
+            loss, extras = out if isinstance(out, tuple) else (out, None)
+            scaled = loss / accum if weight else loss * 0.0  # a repeat only keeps the ranks in step
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if weight:
+                total = loss.detach() if total is None else total + loss.detach()
+                real += 1
+                if extras:
+                    self.extras = {k: v.detach() if torch.is_tensor(v) else v for k, v in extras.items()}
+        self.in_update = True
+        step_optimizers(self.optimizers, self.orig_model.parameters(), self.scaler, self.args.grad_clip)
+        self.step += 1
+        step_loss = total / real if real > 1 else total
+        self.smooth_loss.mul_(0.9).add_(step_loss, alpha=0.1)  # on the device: no wait
+        self.last_loss = step_loss
+        self.snapshot = (self._loop_state(), self._pending_state)
+        self.in_update = False
+        return step_loss
+
+    # -------------------------------------------------------------------------
+    # the loop
+
+    def run(self, batches, num_iterations, evaluate=None, sample=None, schedule=None, phase_fn=None, phase_end=None,
+            eval_at_start=False, sample_steps=()):
+        """
+        Train until step num_iterations (or until the data runs out). evaluate() -> {"val_bpb": ...};
+        sample() -> [(prompt, completion)]; schedule(step) -> LR multiplier (default: lr_multiplier
+        with the flags); phase_fn(step) -> the phase name of a step (curricula); phase_end(name,
+        data_state) -> a dict logged as a "shares" row when a phase ends. Returns a summary dict.
+        """
+        args = self.args
+        if self.planned_iterations not in (None, num_iterations):
+            print0(f"--resume: the run now ends at step {num_iterations} (it was planned for {self.planned_iterations}); "
+                   f"the schedule follows {num_iterations}")
+        self.planned_iterations = num_iterations
+        start = self.step
+        if start >= num_iterations:
+            print0(f"step {start} is already at or past --num_iterations {num_iterations}: nothing to train")
+            return self.summary()
+        schedule = schedule or (lambda s: lr_multiplier(s, num_iterations, args.warmup_ratio, args.warmdown_ratio,
+                                                        args.final_lr_frac, args.lr_decay))
+        finite = getattr(batches, "finite", True)
+        log_every = args.log_every if args.log_every > 0 else (10 if self.device_type == "cuda" else 1)
+        wandb_run = init_wandb(args.run, self.wandb_project, self.user_config, self.master)
+        self.set_batches(batches)
+        self.snapshot = (self._loop_state(), self._pending_state)
+        self._window = [time.perf_counter(), 0]  # start of the timing window, steps in it
+        synchronize(self.device_type)
+        self._window[0] = time.perf_counter()
+        lrm = schedule(start)
+        try:
+            while True:
+                step = self.step
+                last = step >= num_iterations or self._out_of_data(finite)
+                phase = phase_fn(step) if phase_fn else None
+                do_save = last or (args.save_every > 0 and step > start and step % args.save_every == 0)
+                do_eval = evaluate is not None and (last or (args.eval_every > 0 and step % args.eval_every == 0)
+                                                    or (eval_at_start and step == start))
+                do_sample = sample is not None and self.master and (
+                    last or (args.sample_every > 0 and step > 0 and step % args.sample_every == 0) or step in sample_steps)
+                ended = phase_fn(step - 1) if phase_fn and step > 0 and (last or phase_fn(step - 1) != phase) else None
+                if self._window[1] and (do_save or do_eval or do_sample):
+                    self._log_window(lrm, num_iterations, phase_fn, wandb_run)  # close the timing window before the pause
+                if ended is not None and phase_end is not None:
+                    self._phase_end(phase_end, ended)
+                if do_save:  # first, so a crash in evaluation or sampling loses nothing
+                    self.save(self._pending_state)
+                if do_eval:
+                    self._evaluate(evaluate, phase, wandb_run)
+                if do_sample:
+                    self._sample(sample, phase)
+                if last:
+                    break
+                if do_save or do_eval or do_sample:
+                    synchronize(self.device_type)
+                    self._window[0] = time.perf_counter()  # the pause is not training time
+                lrm = schedule(step)
+                self.train_step(lrm)
+                self._window[1] += 1
+                if self.step % log_every == 0 or self.step == start + 1 or self.step == num_iterations:
+                    self._log_window(lrm, num_iterations, phase_fn, wandb_run)
+                if self.device_type == "cuda" and self.step == start + 3:
+                    self._check_memory_estimate()
+        except KeyboardInterrupt:
+            # keep the work done so far: the weights as of the start of this step, and where its data was
+            if self.in_update:
+                print0("interrupted during the optimizer update: not saving (use the last checkpoint)")
+            else:
+                print0(f"interrupted: saving step {self.step} so --resume can continue from it")
+                loop_state, data_state = self.snapshot
+                self.save(data_state, loop_state, gather=False)  # other ranks may be gone: theirs resume approximately
+            compute_cleanup()
+            raise SystemExit(130)
+        wandb_run.finish()
+        return self.summary()
+
+    def summary(self):
+        return {"step": self.step, "val": dict(self.val), "first_val": self.first_val, "min_val": self.min_val,
+                "total_time": self.total_time, "checkpoint_dir": self.checkpoint_dir}
+
+    def _log_window(self, lrm, num_iterations, phase_fn, wandb_run):
+        """Print the steps since the last log line: the only place the loop waits for the device."""
+        t0, n = self._window
+        train_loss = self.last_loss.item()
+        synchronize(self.device_type)
+        now = time.perf_counter()
+        dt = (now - t0) / n
+        if self.step > self.first_step + 1 or self.step == num_iterations:
+            self.total_time += dt * n  # a run's first step (its own window) includes compilation and warm-up
+        debiased = self.smooth_loss.item() / (1 - 0.9 ** (self.step - self.first_step))
+        tok_per_sec = self.tokens_per_step / dt
+        mfu = 100 * self.num_flops_per_token * tok_per_sec / (self.peak_flops * self.world_size) if self.peak_flops else None
+        eta = (num_iterations - self.step) * dt / 60
+        phase = phase_fn(self.step - 1) if phase_fn else None
+        extras = {k: (v.item() if torch.is_tensor(v) else v) for k, v in self.extras.items()}
+        mem = f" | mem: {get_max_memory(self.device_type) / 2**30:.2f} GiB" if self.device_type == "cuda" else ""
+        print0(f"step {self.step:05d}/{num_iterations:05d} | loss: {train_loss:.6f} | smooth: {debiased:.4f} | lrm: {lrm:.3f} | "
+               f"dt: {dt * 1000:.0f} ms | tok/s: {tok_per_sec:,.0f} | mfu: {f'{mfu:.1f}%' if mfu is not None else 'n/a'}"
+               f"{''.join(f' | {k}: {v:.4g}' for k, v in extras.items())}{mem} | eta: {eta:.1f} min"
+               f"{f' | phase: {phase}' if phase else ''}")
+        row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "phase": phase, "train_loss": train_loss,
+               "smooth_loss": debiased, "lrm": lrm, "tok_per_sec": tok_per_sec, "mfu": mfu, "time": self.total_time, **extras}
+        self.log.metrics(kind="train", **row)
+        wandb_run.log({"step": self.step, "train/loss": train_loss, "train/tok_per_sec": tok_per_sec, "lrm": lrm})
+        self._window = [now, 0]
+
+    def _evaluate(self, evaluate, phase, wandb_run):
+        self.orig_model.eval()
+        with torch.no_grad():
+            self.val = dict(evaluate())
+        self.orig_model.train()
+        key, value = next(iter(self.val.items()))
+        if self.first_val is None:
+            self.first_val = value
+        self.min_val = value if self.min_val is None else min(self.min_val, value)
+        print0(f"step {self.step:05d} | " + " | ".join(f"{k.replace('_', ' ')}: {v:.4f}" for k, v in self.val.items()))
+        self.log.metrics(kind="eval", step=self.step, tokens=self.step * self.tokens_per_step, phase=phase, **self.val)
+        wandb_run.log({"step": self.step, **{f"val/{k}": v for k, v in self.val.items()}})
+
+    def _sample(self, sample, phase):
+        self.orig_model.eval()
+        with torch.no_grad(), self.autocast:
+            pairs = list(sample())
+        self.orig_model.train()
+        for prompt, completion in pairs:
+            print0(f"  {prompt!r} -> {completion!r}")
+            self.log.sample(step=self.step, tokens=self.step * self.tokens_per_step, phase=phase, prompt=prompt,
+                            completion=completion)
+
+    def _phase_end(self, phase_end, name):
+        shares = phase_end(name, self._pending_state)
+        if shares:
+            self.log.metrics(kind="shares", step=self.step, tokens=self.step * self.tokens_per_step, phase=name, shares=shares)
+
+    def _check_memory_estimate(self):
+        """The calculator's promise, checked on this run (scripts.vram_calc explains the parts)."""
+        from nanochat.vram import estimate_memory, precision_name
+        est = estimate_memory(self.orig_model.config, self.B, self.T, precision_name(self.dtype), self.args.optimizer,
+                              self.args.grad_checkpoint, self.args.compile)["reserved"]
+        measured = get_max_memory(self.device_type)
+        print0(f"memory: estimated {est / 2**30:.2f} GiB, measured peak reserved {measured / 2**30:.2f} GiB "
+               f"({100 * (est - measured) / measured:+.1f}%)")
