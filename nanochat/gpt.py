@@ -333,14 +333,14 @@ class GPT(nn.Module):
         if targets is not None and loss_reduction in ("mean", "sum"):
             # the same loss as below, lm_head included, a chunk of rows at a time: the (B*T, V)
             # logits and their gradients never exist at once (they were most of training's memory)
-            return fused_linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.view(-1),
+            return fused_linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
                                               self.softcap, loss_reduction)
         logits = self.lm_head(x)
         logits = self.softcap * torch.tanh(logits / self.softcap)
         if targets is None:
             return logits
         logits = logits.float()
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction=loss_reduction)
 
     @torch.inference_mode()

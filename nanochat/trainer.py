@@ -390,6 +390,8 @@ class Trainer:
             if self.in_update:
                 print0("interrupted during the optimizer update: not saving (use the last checkpoint)")
             else:
+                if self._window[1] and self.snapshot[0]["smooth_loss"] is not None:
+                    self._log_window(lrm, num_iterations, phase_fn, wandb_run)  # the steps done since the last line
                 print0(f"interrupted: saving step {self.step} so --resume can continue from it")
                 loop_state, data_state = self.snapshot
                 self.save(data_state, loop_state, gather=False)  # other ranks may be gone: theirs resume approximately

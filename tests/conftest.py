@@ -61,3 +61,25 @@ def tiny_base_dir(tiny_base_dir_session, monkeypatch):
     NANOCHAT_BASE_DIR points at it for the test."""
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tiny_base_dir_session))
     return tiny_base_dir_session
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """A NANOCHAT_BASE_DIR with a small built-in corpus and a 512-token tokenizer (made once, a few seconds)."""
+    import os
+    from nanochat.dataset import build_builtin, get_data_dir, text_iterator
+    from nanochat.tokenizer import Tokenizer, compute_token_bytes
+    base = str(tmp_path_factory.mktemp("corpus"))
+    old = os.environ.get("NANOCHAT_BASE_DIR")
+    os.environ["NANOCHAT_BASE_DIR"] = base
+    try:
+        build_builtin(total_chars=300_000, shard_chars=150_000)  # ~75 docs a shard: 2 row groups, one per rank
+        tok = Tokenizer.train_from_iterator(text_iterator(get_data_dir("builtin"), max_chars=300_000), 512)
+        tok.save(os.path.join(base, "tokenizer"))
+        torch.save(compute_token_bytes(tok), os.path.join(base, "tokenizer", "token_bytes.pt"))
+    finally:
+        if old is None:
+            del os.environ["NANOCHAT_BASE_DIR"]
+        else:
+            os.environ["NANOCHAT_BASE_DIR"] = old
+    return base

@@ -145,8 +145,14 @@ def test_sft_lowers_the_loss_and_resumes(tiny_train_dir):
     (tiny_train_dir / "chatsft_checkpoints" / "r").mkdir()
     for name in ("model_000006.pt", "optim_000006.pt", "meta_000006.json"):
         shutil.copy(ckpt / name, tiny_train_dir / "chatsft_checkpoints" / "r" / name)
-    train_script("scripts.chat_sft", common + ["--num_iterations", "12", "--save_every", "6", "--output_tag", "r", "--resume"],
-                 tiny_train_dir)
+    again = train_script("scripts.chat_sft", common + ["--num_iterations", "12", "--save_every", "6", "--output_tag", "r", "--resume"],
+                         tiny_train_dir)
+    # the same losses and smoothed losses as the straight run, to the printed digit (the average is debiased
+    # by the steps since the run started, not since the resume)
+    from helpers import step_losses, smooth_losses
+    assert sorted(step_losses(again)) == list(range(7, 13))
+    assert all(step_losses(again)[s] == step_losses(out)[s] for s in range(7, 13))
+    assert all(smooth_losses(again)[s] == smooth_losses(out)[s] for s in range(7, 13))
     a, _, _ = load_checkpoint(str(ckpt), 12, "cpu")
     b, _, meta_b = load_checkpoint(str(tiny_train_dir / "chatsft_checkpoints" / "r"), 12, "cpu")
     assert meta_b["step"] == 12

@@ -12,6 +12,7 @@ from nanochat.common import UserError
 from nanochat.gpt import GPTConfig, build_model
 from nanochat.optim import build_optimizers
 from nanochat.checkpoint_manager import save_checkpoint, load_checkpoint, load_model, find_last_step, model_from_state
+from helpers import run_script, step_losses, smooth_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer", "2", "--model_dim", "64", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
@@ -19,37 +20,8 @@ TINY = ["--n_layer", "2", "--model_dim", "64", "--head_dim", "32", "--max_seq_le
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A NANOCHAT_BASE_DIR with a small built-in corpus and a 512-token tokenizer."""
-    from nanochat.dataset import build_builtin, get_data_dir, text_iterator
-    from nanochat.tokenizer import Tokenizer, compute_token_bytes
-    base = str(tmp_path_factory.mktemp("base"))
-    old = os.environ.get("NANOCHAT_BASE_DIR")
-    os.environ["NANOCHAT_BASE_DIR"] = base
-    build_builtin(total_chars=300_000, shard_chars=150_000)  # ~75 docs a shard: 2 row groups, one per rank
-    tok = Tokenizer.train_from_iterator(text_iterator(get_data_dir("builtin"), max_chars=300_000), 512)
-    tok.save(os.path.join(base, "tokenizer"))
-    torch.save(compute_token_bytes(tok), os.path.join(base, "tokenizer", "token_bytes.pt"))
-    yield base
-    if old is None:
-        del os.environ["NANOCHAT_BASE_DIR"]
-    else:
-        os.environ["NANOCHAT_BASE_DIR"] = old
-
-
-def run_script(base, module, *args, torchrun=False, check=True):
-    env = dict(os.environ, NANOCHAT_BASE_DIR=base, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", module, *args]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", module, *args]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
-
-
-def step_losses(output):
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^step (\d+)/\d+ \| loss: ([\d.]+)", output, re.M)}
+def base_dir(corpus_dir):
+    return corpus_dir
 
 
 def tiny_model(seed=0, **kw):
@@ -128,6 +100,8 @@ def test_base_train_end_to_end_and_exact_resume(base_dir):
     again = step_losses(resumed.stdout)
     assert sorted(again) == [4, 5, 6]
     assert all(again[s] == losses[s] for s in again), (losses, again)  # the same losses, to the printed digit
+    # and the same smoothed loss: its average and debiasing come back with the checkpoint
+    assert {s: v for s, v in smooth_losses(full.stdout).items() if s > 3} == smooth_losses(resumed.stdout)
     # the finished model completes text
     out = run_script(base_dir, "scripts.base_complete", "-g", tag, "-p", "Question: What is 2 + 3?", "-m", "8", "-t", "0",
                      "--device_type", "cpu")
