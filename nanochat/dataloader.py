@@ -119,18 +119,15 @@ class DataLoader:
     def __next__(self):
         return self.to_device(self.next_host())
 
-    def next_host(self):
-        """The next batch as one CPU tensor of B*T+1 tokens (pinned for CUDA); to_device() cuts it."""
-        B, T = self.B, self.T
-        need = B * T + 1
+    def _fill(self, need):
+        """Tokenize documents until the stream holds `need` tokens from the current position."""
         while len(self._buf) - self._i < need:
             if not self._refill():
                 raise StopIteration
-        use_cuda = self.device.type == "cuda"
-        batch = torch.tensor(self._buf[self._i:self._i + need], dtype=torch.long, pin_memory=use_cuda)
-        # B*T tokens are consumed; the last target is also the first input of the next batch,
-        # so every token of the stream is a target exactly once
-        self._i += B * T
+
+    def _advance(self, n):
+        """Consume n tokens; forget the documents and tokens that are behind the position now."""
+        self._i += n
         pos = self._base + self._i
         while len(self._docs) > 1 and self._docs[1][0] <= pos:
             self._docs.popleft()
@@ -138,7 +135,23 @@ class DataLoader:
             del self._buf[:self._i]
             self._base += self._i
             self._i = 0
+
+    def next_host(self):
+        """The next batch as one CPU tensor of B*T+1 tokens (pinned for CUDA); to_device() cuts it."""
+        need = self.B * self.T + 1
+        self._fill(need)
+        batch = torch.tensor(self._buf[self._i:self._i + need], dtype=torch.long, pin_memory=self.device.type == "cuda")
+        # B*T tokens are consumed; the last target is also the first input of the next batch,
+        # so every token of the stream is a target exactly once
+        self._advance(self.B * self.T)
         return batch
+
+    def take(self, n):
+        """The next n tokens of the stream as a list, consumed (nanochat.streams mixes sources this way)."""
+        self._fill(n)
+        out = self._buf[self._i:self._i + n]
+        self._advance(n)
+        return out
 
     def to_device(self, batch):
         """(inputs, targets), each (B, T), on the device; from pinned memory the copy does not block."""

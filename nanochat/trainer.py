@@ -139,7 +139,7 @@ class Trainer:
         self.B, self.T, self.grad_accum_steps = B, T, grad_accum_steps
         self.tokens_per_step = B * T * self.world_size * grad_accum_steps
         self.checkpoint_dir = checkpoint_dir
-        self.run_meta = dict(run_meta or {})
+        self.run_meta = run_meta if callable(run_meta) else dict(run_meta or {})  # or a function of the step
         self.loss_fn = loss_fn
         self.wandb_project = wandb_project
         self.user_config = vars(args).copy()
@@ -252,10 +252,11 @@ class Trainer:
             return
         loop = loop_state or self._loop_state()
         loop = {k: (v.item() if torch.is_tensor(v) else v) for k, v in loop.items()}
+        run_meta = self.run_meta(self.step) if callable(self.run_meta) else self.run_meta
         meta = {
             "step": self.step, **self.val, "model_config": self.orig_model.config.to_dict(), "user_config": self.user_config,
             "device_batch_size": self.B, "max_seq_len": self.T, "total_batch_size": self.tokens_per_step,
-            "num_iterations": self.planned_iterations, **self.run_meta, "dataloader_state": states, "loop_state": loop,
+            "num_iterations": self.planned_iterations, **run_meta, "dataloader_state": states, "loop_state": loop,
         }
         save_checkpoint(self.checkpoint_dir, self.step, self.orig_model.state_dict(),
                         [opt.state_dict() for opt in self.optimizers], meta)
@@ -271,6 +272,10 @@ class Trainer:
         self._pending_state = self._state_of()  # where the pending batch starts: the resume point
         self._pending = next(batches, None)
         self._last_batch = None
+
+    def data_state(self):
+        """Where the data of the next step starts (the position after the last batch trained)."""
+        return self._pending_state
 
     def _next_batch(self):
         """(batch, weight): weight 0 for a repeat of the last batch once this rank's data has run out."""
@@ -356,13 +361,14 @@ class Trainer:
             while True:
                 step = self.step
                 last = step >= num_iterations or self._out_of_data(finite)
-                phase = phase_fn(step) if phase_fn else None
+                # eval and sample rows belong to the phase of the last step trained
+                phase = phase_fn(step - 1 if step > start else step) if phase_fn else None
                 do_save = last or (args.save_every > 0 and step > start and step % args.save_every == 0)
                 do_eval = evaluate is not None and (last or (args.eval_every > 0 and step % args.eval_every == 0)
                                                     or (eval_at_start and step == start))
                 do_sample = sample is not None and self.master and (
                     last or (args.sample_every > 0 and step > 0 and step % args.sample_every == 0) or step in sample_steps)
-                ended = phase_fn(step - 1) if phase_fn and step > 0 and (last or phase_fn(step - 1) != phase) else None
+                ended = phase_fn(step - 1) if phase_fn and step > 0 and (last or phase_fn(step - 1) != phase_fn(step)) else None
                 if self._window[1] and (do_save or do_eval or do_sample):
                     self._log_window(lrm, num_iterations, phase_fn, wandb_run)  # close the timing window before the pause
                 if ended is not None and phase_end is not None:

@@ -111,7 +111,8 @@ def sample():
 # training loop
 result = trainer.run(train_loader, num_iterations, evaluate=evaluate, sample=sample)
 if args.personal:
-    print0(loader.describe_shares())
+    from nanochat.streams import shares
+    print0("tokens trained by source: " + ", ".join(f"{k} {v:.2%}" for k, v in shares(trainer.data_state()).items()))
 print0(f"done: {result['total_time'] / 60:.2f} min of training | min val bpb: {result['min_val'] or float('nan'):.4f} | "
        f"peak memory: {torch.cuda.max_memory_reserved() / 2**30 if device.type == 'cuda' else 0:.2f} GiB")
 compute_cleanup()
