@@ -137,6 +137,24 @@ def get_dist_info():
         return True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
     return False, 0, 0, 1
 
+def tune_cpu_allocator(threshold=1 << 30):
+    """
+    On a CPU, training frees and reallocates the same multi-megabyte activation buffers every
+    step; glibc serves blocks that large with mmap and gives them back with munmap, so every step
+    page-faults them in again (and trims the heap). Raising the mmap and trim thresholds keeps
+    them in the heap: ~10% faster CPU steps (dev/LOG.md). Returns True when glibc took it;
+    elsewhere (macOS, musl) it does nothing. NANOCHAT_MALLOC_TUNE=0 turns it off.
+    """
+    if os.environ.get("NANOCHAT_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return mallopt(M_MMAP_THRESHOLD, threshold) == 1 and mallopt(M_TRIM_THRESHOLD, threshold) == 1
+
 def compute_init(device_type=""):
     """
     Pick the device, seed, and under torchrun set up the process group (nccl on CUDA, gloo on CPU).
@@ -147,6 +165,8 @@ def compute_init(device_type=""):
         raise UserError("--device_type cuda but no CUDA GPU is available")
     if device_type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device_type mps but MPS is not available")
+    if device_type == "cpu":
+        tune_cpu_allocator()
     torch.manual_seed(42)
     if device_type == "cuda":
         torch.cuda.manual_seed(42)
