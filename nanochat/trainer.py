@@ -280,6 +280,9 @@ class Trainer:
     def _next_batch(self):
         """(batch, weight): weight 0 for a repeat of the last batch once this rank's data has run out."""
         if self._pending is None:
+            if not getattr(self, "_said_out", False):
+                print(f"rank {self.rank}: out of data inside step {self.step + 1}: it finishes on zero-weighted repeats", flush=True)
+                self._said_out = True
             return self._last_batch, 0
         batch = self._last_batch = self._pending
         self._pending_state = self._state_of()

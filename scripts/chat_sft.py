@@ -68,6 +68,7 @@ print0(f"tokens per step: {total_batch_size:,} = {B} x {T} x {world_size} ranks 
 
 by_epochs = args.num_iterations <= 0
 if by_epochs:  # the schedule needs the end: pack the epochs once to count the steps (every rank its own part)
+    print0(f"counting the steps of {args.num_epochs} epoch(s) of {len(train_mix):,d} conversations...")
     num_iterations = count_steps(tokenizer, train_mix, B, T, grad_accum_steps, args.num_epochs, rank, world_size)
     if ddp:
         n = torch.tensor(num_iterations, device=device)

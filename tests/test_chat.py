@@ -176,6 +176,19 @@ def test_mid_training_then_sft_from_mid(tiny_train_dir):
     _, _, meta = load_checkpoint(d, step, "cpu")
     assert meta["source"]["phase"] == "mid" and step == 1
 
+def test_sft_by_epochs_under_torchrun_ends_together(tiny_train_dir):
+    """Two ranks pack different conversations, so their data ends at different points (inside an accumulation)."""
+    from helpers import run_script as run
+    p = run(tiny_train_dir, "scripts.chat_sft", "--device_type", "cpu", "--mixture", "exercises:3,chat:1", "--num_conversations", "33",
+            "--device_batch_size", "2", "--max_seq_len", "64", "--total_batch_size", "768", "--eval_conversations", "8",
+            "--output_tag", "ddp", torchrun=True, timeout=180)
+    n = int(re.search(r"iterations: (\d+) \(1 epoch", p.stdout).group(1))
+    assert "x 2 ranks x 3 accumulation steps" in p.stdout
+    assert re.search(rf"^step {n:05d}/{n:05d} \| loss", p.stdout, re.M) and "val loss" in p.stdout
+    # 33 conversations pack into 7 batches on rank 0 and 8 on rank 1: both run out inside step 3, at different micro-steps
+    assert n == 3 and "rank 0: out of data inside step 3" in p.stdout and "rank 1: out of data inside step 3" in p.stdout
+
+
 # -----------------------------------------------------------------------------
 # scripts end to end
 
