@@ -120,6 +120,21 @@ def lr_multiplier(step, num_steps, warmup_ratio=0.0, warmdown_ratio=0.2, final_l
     return progress + (1 - progress) * final_lr_frac
 
 
+def plan_batches(args, config, T, dtype, device, world_size):
+    """
+    --device_batch_size (a number, or 'auto': the largest the memory estimate says fits) and the
+    gradient accumulation that --total_batch_size asks for: (B, tokens per step, accumulation
+    steps), printed once. Raises UserError with one line when the numbers cannot work.
+    """
+    from nanochat.vram import resolve_batch_plan
+    B, total, accum = resolve_batch_plan(args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer,
+                                         args.grad_checkpoint, args.compile, device, world_size)
+    if args.device_batch_size == "auto":
+        print0(f"--device_batch_size auto: {B}")
+    print0(f"tokens per step: {total:,} = {B} x {T} x {world_size} ranks x {accum} accumulation steps")
+    return B, total, accum
+
+
 def default_loss(model, x, y):
     return model(x, y)
 

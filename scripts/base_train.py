@@ -21,8 +21,7 @@ from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_tokenizer, get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.trainer import Trainer, add_training_args
-from nanochat.vram import resolve_batch_plan
+from nanochat.trainer import Trainer, add_training_args, plan_batches
 
 # -----------------------------------------------------------------------------
 # settings
@@ -60,14 +59,9 @@ print0(f"parameters: {num_params:,} | FLOPs per token: {model.estimate_flops():e
 # batch size: explicit, or the largest the memory estimate says fits; accumulation derived
 T = args.max_seq_len
 try:
-    B, total_batch_size, grad_accum_steps = resolve_batch_plan(
-        args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer, args.grad_checkpoint,
-        args.compile, device, world_size)
+    B, total_batch_size, grad_accum_steps = plan_batches(args, config, T, dtype, device, world_size)
 except UserError as e:
     die(str(e))
-if args.device_batch_size == "auto":
-    print0(f"--device_batch_size auto: {B}")
-print0(f"tokens per step: {total_batch_size:,} = {B} x {T} x {world_size} ranks x {grad_accum_steps} accumulation steps")
 num_iterations = args.num_iterations if args.num_iterations > 0 else max(1, int(args.target_param_data_ratio * num_params) // total_batch_size)
 print0(f"iterations: {num_iterations:,} | tokens: {num_iterations * total_batch_size:,} "
        f"({num_iterations * total_batch_size / num_params:.2f} per parameter) | "

@@ -21,8 +21,7 @@ from nanochat.common import ArgumentParser, add_device_args, compute_init, compu
 from nanochat.checkpoint_manager import get_checkpoints_dir
 from nanochat.chat_data import (PHASES, add_chat_args, start_model, chat_mixtures, ConversationBatches, count_steps,
                                 chat_loss, evaluate_loss, sample_replies)
-from nanochat.trainer import Trainer, add_training_args
-from nanochat.vram import resolve_batch_plan
+from nanochat.trainer import Trainer, add_training_args, plan_batches
 
 PHASE = globals().get("PHASE", "sft")  # scripts/mid_train.py sets "mid"
 NAME = {"mid": "mid-training", "sft": "SFT"}[PHASE]
@@ -57,14 +56,9 @@ print0(f"device: {device} x {world_size} | compute dtype: {dtype}")
 print0(f"{NAME} from {source}/{source_tag} step {source_meta['step']} -> {checkpoint_dir}")
 print0(f"mixture: {spec} | {len(train_mix):,d} conversations per epoch ({', '.join(map(str, train_mix.counts()))} by task)")
 try:
-    B, total_batch_size, grad_accum_steps = resolve_batch_plan(
-        args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer, args.grad_checkpoint,
-        args.compile, device, world_size)
+    B, total_batch_size, grad_accum_steps = plan_batches(args, config, T, dtype, device, world_size)
 except UserError as e:
     die(str(e))
-if args.device_batch_size == "auto":
-    print0(f"--device_batch_size auto: {B}")
-print0(f"tokens per step: {total_batch_size:,} = {B} x {T} x {world_size} ranks x {grad_accum_steps} accumulation steps")
 
 by_epochs = args.num_iterations <= 0
 if by_epochs:  # the schedule needs the end: pack the epochs once to count the steps (every rank its own part)

@@ -25,8 +25,7 @@ from nanochat.exercises import generate, render_text
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.streams import MixedBatches, ExerciseTokens, shard_source, personal_source, source_states, shares
 from nanochat.tokenizer import get_token_bytes
-from nanochat.trainer import Trainer, add_training_args
-from nanochat.vram import resolve_batch_plan
+from nanochat.trainer import Trainer, add_training_args, plan_batches
 
 # -----------------------------------------------------------------------------
 # settings
@@ -78,9 +77,7 @@ if T > model.cos.size(1):
     die(f"--max_seq_len {T} is longer than the model's rotary table ({model.cos.size(1)})")
 torch.manual_seed(args.seed)
 try:
-    B, total_batch_size, grad_accum_steps = resolve_batch_plan(
-        args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer, args.grad_checkpoint,
-        args.compile, device, world_size)
+    B, total_batch_size, grad_accum_steps = plan_batches(args, config, T, dtype, device, world_size)
 except UserError as e:
     die(str(e))
 num_iterations = phases[-1].end
