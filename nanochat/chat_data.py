@@ -99,18 +99,6 @@ def conversation_rows(tokenizer, mixture, B, T, start=0, epoch=0, rank=0, world_
         yield torch.stack(inputs), torch.stack(targets), {"index": next_index, "epoch": epoch}
 
 
-@torch.no_grad()
-def evaluate_loss(model, batches, autocast):
-    """Mean loss per trained token over the batches."""
-    total, count = 0.0, 0
-    for x, y in batches:
-        with autocast:
-            loss = model(x, y, loss_reduction="sum")
-        total += loss.item()
-        count += int((y >= 0).sum())
-    return total / max(count, 1)
-
-
 class ConversationBatches:
     """
     conversation_rows as the trainer's batch iterator: (inputs, targets) on the device, and
@@ -154,22 +142,16 @@ def chat_loss(model, x, y):
 
 
 @torch.no_grad()
-def evaluate_loss(model, batches, autocast):
-    """Mean loss per trained token over the batches (all ranks together under DDP)."""
+def evaluate_loss(model, batches):
+    """Mean loss per trained token over the batches (all ranks together under DDP; autocast is the caller's)."""
     import torch.distributed as dist
-    total, count = None, None
+    sums = torch.zeros(2, dtype=torch.float64, device=model.get_device())  # summed loss, trained tokens
     for x, y in batches:
-        with autocast:
-            loss = model(x, y, loss_reduction="sum").double()
-        n = (y >= 0).sum()
-        total = loss if total is None else total + loss
-        count = n if count is None else count + n
-    device = model.get_device()
-    t = torch.stack([(total if total is not None else torch.zeros((), device=device, dtype=torch.float64)),
-                     (count if count is not None else torch.zeros((), device=device, dtype=torch.int64)).double()])
+        sums[0] += model(x, y, loss_reduction="sum").double()
+        sums[1] += (y >= 0).sum()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return (t[0] / t[1].clamp(min=1)).item()
+        dist.all_reduce(sums)
+    return (sums[0] / sums[1].clamp(min=1)).item()
 
 
 def sample_replies(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens=48):

@@ -144,18 +144,3 @@ def load_model(source, device, phase, model_tag=None, step=None):
         step = find_last_step(checkpoint_dir)
     return build_model(checkpoint_dir, step, device, phase)
 
-
-def restore_training(checkpoint_dir, device, model, optimizers):
-    """
-    --resume: load the latest checkpoint's weights and optimizer states into a freshly built model
-    and its optimizers. Returns (step, meta); meta holds the data position and loop state.
-    Raises UserError when there is nothing to resume or the architecture differs.
-    """
-    step = find_last_step(checkpoint_dir)
-    model_state, optim_state, meta = load_checkpoint(checkpoint_dir, step, device, load_optimizer=True)
-    if meta["model_config"] != model.config.to_dict():
-        raise UserError(f"the checkpoint in {checkpoint_dir} has a different architecture: pass the same flags or another --model_tag")
-    model.load_state_dict(model_state)
-    for opt, state in zip(optimizers, optim_state):
-        opt.load_state_dict(state)
-    return step, meta

@@ -350,8 +350,8 @@ class Trainer:
     def run(self, batches, num_iterations, evaluate=None, sample=None, schedule=None, phase_fn=None, phase_end=None,
             eval_at_start=False, sample_steps=()):
         """
-        Train until step num_iterations (or until the data runs out). evaluate() -> {"val_bpb": ...};
-        sample() -> [(prompt, completion)]; schedule(step) -> LR multiplier (default: lr_multiplier
+        Train until step num_iterations (or until the data runs out). evaluate() -> {"val_bpb": ...}
+        and sample() -> [(prompt, completion)] run in eval mode, without gradients, under autocast; schedule(step) -> LR multiplier (default: lr_multiplier
         with the flags); phase_fn(step) -> the phase name of a step (curricula); phase_end(name,
         data_state) -> a dict logged as a "shares" row when a phase ends. Returns a summary dict.
         """
@@ -456,7 +456,7 @@ class Trainer:
 
     def _evaluate(self, evaluate, phase, wandb_run):
         self.orig_model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast:
             self.val = dict(evaluate())
         self.orig_model.train()
         key, value = next(iter(self.val.items()))

@@ -93,8 +93,7 @@ sample_prompts = ["The capital of France is", "The chemical symbol of gold is", 
 
 def evaluate():
     val = DataLoader(tokenizer, B, T, "val", device=device, data_dir=data_dir)
-    with trainer.autocast:
-        return {"val_bpb": evaluate_bpb(model, val, eval_steps, token_bytes)}
+    return {"val_bpb": evaluate_bpb(model, val, eval_steps, token_bytes)}
 
 def sample():
     for prompt in sample_prompts:

@@ -86,7 +86,7 @@ batches = ConversationBatches(tokenizer, train_mix, B, T, device, meta and meta.
 
 def evaluate():
     val = ConversationBatches(tokenizer, val_mix, B, T, device, rank=rank, world_size=world_size, stop_epoch=1)
-    return {"val_loss": evaluate_loss(model, val, trainer.autocast)}
+    return {"val_loss": evaluate_loss(model, val)}
 
 def sample():
     return sample_replies(model, tokenizer)

@@ -132,14 +132,13 @@ eval_steps = max(1, args.eval_tokens // (B * T * world_size))
 def evaluate():
     """bpb on each shard source's val split, and on held-out exercises of every difficulty (a fixed set)."""
     out = {}
-    with trainer.autocast:
-        for n, d in data_dirs.items():
-            key = "val_bpb" if n == "pretrain" or len(data_dirs) == 1 else f"val_bpb_{n}"
-            out[key] = evaluate_bpb(model, DataLoader(tokenizer, B, T, "val", device=device, data_dir=d), eval_steps, token_bytes)
-        if "exercises" in names:
-            held_out = MixedBatches({"exercises": ExerciseTokens(tokenizer, seed=10_000 + args.seed, rank=rank)},
-                                    lambda s: ({"exercises": 1.0}, {"difficulty": 3.0}, None), B, T, device)
-            out["val_bpb_exercises"] = evaluate_bpb(model, held_out, eval_steps, token_bytes)
+    for n, d in data_dirs.items():
+        key = "val_bpb" if n == "pretrain" or len(data_dirs) == 1 else f"val_bpb_{n}"
+        out[key] = evaluate_bpb(model, DataLoader(tokenizer, B, T, "val", device=device, data_dir=d), eval_steps, token_bytes)
+    if "exercises" in names:
+        held_out = MixedBatches({"exercises": ExerciseTokens(tokenizer, seed=10_000 + args.seed, rank=rank)},
+                                lambda s: ({"exercises": 1.0}, {"difficulty": 3.0}, None), B, T, device)
+        out["val_bpb_exercises"] = evaluate_bpb(model, held_out, eval_steps, token_bytes)
     return out
 
 def sample():
