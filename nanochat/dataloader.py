@@ -42,6 +42,9 @@ class DataLoader:
         if not self.files:
             raise UserError(f"no {split} shards in {self.data_dir}")
         self.bos = tokenizer.get_bos_token_id()
+        # the train split loops over epochs forever; val is one pass. The trainer checks a finite
+        # source for its end every step (an all-reduce under DDP): pretraining must not pay that
+        self.finite = split == "val"
 
         # every row group of the split, numbered across shards; rank r takes r, r + world_size, ...
         self.groups = [(i, g) for i, f in enumerate(self.files) for g in range(pq.ParquetFile(f).num_row_groups)]
@@ -184,6 +187,7 @@ class BackgroundLoader:
     """
     def __init__(self, loader, depth=2):
         self.loader = loader
+        self.finite = getattr(loader, "finite", True)
         self._state = loader.state_dict()
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()

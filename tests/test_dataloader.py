@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanochat.common import UserError
-from nanochat.dataloader import DataLoader
+from nanochat.dataloader import BackgroundLoader, DataLoader
 from nanochat.dataset import parquets_iter_batched, write_shards
 from nanochat.tokenizer import Tokenizer
 
@@ -100,6 +100,11 @@ def test_epochs(data):
     # the second epoch starts over with the first document
     stream = stream_of(batches)
     assert len(stream) > len(expected) and stream == (expected * 2)[:len(stream)]
+    # so the trainer need not check (an all-reduce per step under DDP) whether the train data has ended
+    assert not dl.finite and loader(data, "val").finite
+    background = BackgroundLoader(loader(data))
+    assert not background.finite
+    background.close()
 
 
 def test_val_is_one_pass_of_the_last_shard(data):
