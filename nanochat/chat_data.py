@@ -17,6 +17,7 @@ import os
 import torch
 
 from nanochat.common import UserError, print0
+from nanochat.dataloader import rank_state
 from nanochat.checkpoint_manager import find_last_step, find_model_tag, get_checkpoints_dir, load_model
 from nanochat.tokenizer import render_conversation, render_for_completion
 
@@ -106,9 +107,7 @@ class ConversationBatches:
     per rank; each rank takes its own. Finite when it stops after stop_epoch epochs.
     """
     def __init__(self, tokenizer, mixture, B, T, device, state=None, rank=0, world_size=1, stop_epoch=None):
-        if isinstance(state, (list, tuple)):
-            state = state[rank] if len(state) == world_size else state[0]
-        self._state = dict(state or {"index": 0, "epoch": 0})
+        self._state = dict(rank_state(state, rank, world_size) or {"index": 0, "epoch": 0})
         self.device = torch.device(device)
         self.finite = stop_epoch is not None
         self._rows = conversation_rows(tokenizer, mixture, B, T, self._state["index"], self._state["epoch"], rank,

@@ -26,6 +26,17 @@ from nanochat.common import UserError, get_dist_info
 from nanochat.dataset import get_data_dir, split_files
 
 
+def rank_state(state, rank, world_size):
+    """
+    This rank's entry of a saved data position: checkpoints hold one per rank (a list, gathered
+    from every rank). A list from another world size gives the first entry, which the sources
+    treat as someone else's position; a single state is returned as it is.
+    """
+    if isinstance(state, (list, tuple)):
+        return state[rank] if len(state) == world_size else state[0]
+    return state
+
+
 class DataLoader:
     def __init__(self, tokenizer, B, T, split, device="cpu", data_dir=None, state=None, rank=None, world_size=None,
                  tokenizer_threads=4, tokenizer_batch_size=128):
@@ -57,8 +68,7 @@ class DataLoader:
         # (a val split smaller than the world leaves some ranks nothing: the others evaluate)
         k = self.rank
         start = (1, *self.groups[k], 0, 0) if k < len(self.groups) else (1, 0, 0, 0, 0)
-        if isinstance(state, (list, tuple)):  # one state per rank
-            state = state[self.rank] if len(state) == self.world_size else state[0]
+        state = rank_state(state, self.rank, self.world_size)
         if state is not None:
             k = group_index.get((state["shard"], state["row_group"]))
             if k is None:

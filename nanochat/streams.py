@@ -25,6 +25,7 @@ import random
 import torch
 
 from nanochat.common import UserError
+from nanochat.dataloader import DataLoader, rank_state
 from nanochat.exercises import DIFFICULTIES, KINDS, generate, render_text
 
 
@@ -137,9 +138,7 @@ class MixedBatches:
     finite = False
 
     def __init__(self, sources, plan, B, T, device="cpu", first_step=0, grad_accum_steps=1, state=None, rank=0, world_size=1):
-        if isinstance(state, (list, tuple)):
-            state = state[rank] if len(state) == world_size else state[0]
-        state = state or {}
+        state = rank_state(state, rank, world_size) or {}
         self.sources, self.plan, self.B, self.T = sources, plan, B, T
         self.device = torch.device(device)
         self.first_step = state.get("first_step", first_step)
@@ -196,13 +195,10 @@ def shares(state, phase=None):
 
 def source_states(state, rank=0, world_size=1):
     """The per-source positions inside a saved MixedBatches state (one entry per rank under DDP)."""
-    if isinstance(state, (list, tuple)):
-        state = state[rank] if len(state) == world_size else state[0]
-    return (state or {}).get("sources", {})
+    return (rank_state(state, rank, world_size) or {}).get("sources", {})
 
 
 def shard_source(tokenizer, data_dir, device, state=None):
-    from nanochat.dataloader import DataLoader
     return DataLoader(tokenizer, 1, 1, "train", device=device, data_dir=data_dir, state=state)
 
 
