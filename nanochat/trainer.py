@@ -371,9 +371,8 @@ class Trainer:
         wandb_run = init_wandb(args.run, self.wandb_project, self.user_config, self.master)
         self.set_batches(batches)
         self.snapshot = (self._loop_state(), self._pending_state)
-        self._window = [time.perf_counter(), 0]  # start of the timing window, steps in it
         synchronize(self.device_type)
-        self._window[0] = time.perf_counter()
+        self._window = [time.perf_counter(), 0]  # start of the timing window, steps in it
         lrm = schedule(start)
         try:
             while True:
@@ -414,7 +413,7 @@ class Trainer:
             if self.in_update:
                 print0("interrupted during the optimizer update: not saving (use the last checkpoint)")
             else:
-                if self._window[1] and self.snapshot[0]["smooth_loss"] is not None:
+                if self._window[1]:
                     self._log_window(lrm, num_iterations, phase_fn, wandb_run)  # the steps done since the last line
                 print0(f"interrupted: saving step {self.step} so --resume can continue from it")
                 loop_state, data_state = self.snapshot

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype
+from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, get_max_memory
 from nanochat.gpt import add_arch_args, config_from_args, model_tag_for, build_model
 from nanochat.checkpoint_manager import get_checkpoints_dir
 from nanochat.dataloader import DataLoader, BackgroundLoader
@@ -107,5 +107,5 @@ if args.personal:
     from nanochat.streams import shares
     print0("tokens trained by source: " + ", ".join(f"{k} {v:.2%}" for k, v in shares(trainer.data_state()).items()))
 print0(f"done: {result['total_time'] / 60:.2f} min of training | min val bpb: {result['min_val'] or float('nan'):.4f} | "
-       f"peak memory: {torch.cuda.max_memory_reserved() / 2**30 if device.type == 'cuda' else 0:.2f} GiB")
+       f"peak memory: {get_max_memory(device.type) / 2**30:.2f} GiB")
 compute_cleanup()
