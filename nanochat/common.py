@@ -142,7 +142,7 @@ def tune_cpu_allocator(threshold=1 << 30):
     On a CPU, training frees and reallocates the same multi-megabyte activation buffers every
     step; glibc serves blocks that large with mmap and gives them back with munmap, so every step
     page-faults them in again (and trims the heap). Raising the mmap and trim thresholds keeps
-    them in the heap: ~10% faster CPU steps (dev/LOG.md). Returns True when glibc took it;
+    them in the heap: about 8% faster CPU steps, same losses (dev/LOG.md). Returns True when glibc took it;
     elsewhere (macOS, musl) it does nothing. NANOCHAT_MALLOC_TUNE=0 turns it off.
     """
     if os.environ.get("NANOCHAT_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):

@@ -164,10 +164,7 @@ class MixedBatches:
         self.batch += 1
         return torch.tensor(ids, dtype=torch.long, pin_memory=self.device.type == "cuda")
 
-    def to_device(self, batch):
-        if self.device.type != "cpu":
-            batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
-        return batch[:-1].view(self.B, self.T), batch[1:].view(self.B, self.T)
+    to_device = DataLoader.to_device  # the same cut of B*T+1 tokens into (inputs, targets), the same copy
 
     def __iter__(self):
         return self
