@@ -8,14 +8,15 @@ What a training run writes next to its checkpoints, for plots and for comparing 
                                                                         at every evaluation
                     {"kind": "shares", "step", "tokens", "phase", "shares": {source: fraction}}
                                                                         at the end of a curriculum phase
-    samples.jsonl   {"step", "tokens", "phase", "prompt", "completion"} at every sampling
+    samples.jsonl   {"kind": "sample", "step", "tokens", "phase", "prompt", "completion"} at every sampling
 
 `step` is the optimizer step after which the row holds (eval and samples: before step + 1 is
 trained), `tokens` the training tokens seen by then. "phase" is null outside curricula.
 
 A resumed run continues the same files: RunLog(..., resume_step=k) first drops what the stopped run
 wrote after its checkpoint at step k (train rows past k; eval, shares and sample rows from k on,
-since those come after the save at step k and are written again), so no row appears twice.
+since those come after the save at step k and are written again), so no row appears twice (a
+metrics row that an interrupted run wrote twice is kept once).
 Lines are flushed as they are written; a half-written last line (a killed process) is skipped.
 """
 import json
@@ -48,6 +49,17 @@ def _written_before_save(row, step):
     return row.get("step") == step and row.get("kind", "train") == "train"
 
 
+def _unique_steps(rows):
+    """One metrics row per (kind, step, phase): the first, should an interrupted run have written one twice."""
+    seen, out = set(), []
+    for row in rows:
+        key = (row.get("kind"), row.get("step"), row.get("phase"))
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
 def _rewrite(path, rows):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -71,7 +83,8 @@ class RunLog:
                 if os.path.exists(path):
                     os.remove(path)  # a fresh run starts fresh files
             elif os.path.exists(path):
-                _rewrite(path, [r for r in read_rows(path) if _written_before_save(r, resume_step)])
+                rows = [r for r in read_rows(path) if _written_before_save(r, resume_step)]
+                _rewrite(path, _unique_steps(rows) if path == self.metrics_path else rows)
 
     def _append(self, path, row):
         if not self.enabled:
@@ -83,4 +96,4 @@ class RunLog:
         self._append(self.metrics_path, row)
 
     def sample(self, **row):
-        self._append(self.samples_path, row)
+        self._append(self.samples_path, {"kind": "sample", **row})  # after the save at its step: dropped on resume

@@ -436,6 +436,7 @@ class Trainer:
         dt = (now - t0) / n
         if self.step > self.first_step + 1 or self.step == num_iterations:
             self.total_time += dt * n  # a run's first step (its own window) includes compilation and warm-up
+        self._window = [now, 0]  # closed before any I/O: a Ctrl-C from here on does not log these steps again
         debiased = self.smooth_loss.item() / (1 - 0.9 ** (self.step - self.first_step))
         tok_per_sec = self.tokens_per_step / dt
         mfu = 100 * self.num_flops_per_token * tok_per_sec / (self.peak_flops * self.world_size) if self.peak_flops else None
@@ -443,15 +444,14 @@ class Trainer:
         phase = phase_fn(self.step - 1) if phase_fn else None
         extras = {k: (v.item() if torch.is_tensor(v) else v) for k, v in self.extras.items()}
         mem = f" | mem: {get_max_memory(self.device_type) / 2**30:.2f} GiB" if self.device_type == "cuda" else ""
+        row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "phase": phase, "train_loss": train_loss,
+               "smooth_loss": debiased, "lrm": lrm, "tok_per_sec": tok_per_sec, "mfu": mfu, "time": self.total_time, **extras}
+        self.log.metrics(kind="train", **row)  # the file before the screen: whoever reads the line finds the row
         print0(f"step {self.step:05d}/{num_iterations:05d} | loss: {train_loss:.6f} | smooth: {debiased:.4f} | lrm: {lrm:.3f} | "
                f"dt: {dt * 1000:.0f} ms | tok/s: {tok_per_sec:,.0f} | mfu: {f'{mfu:.1f}%' if mfu is not None else 'n/a'}"
                f"{''.join(f' | {k}: {v:.4g}' for k, v in extras.items())}{mem} | eta: {eta:.1f} min"
                f"{f' | phase: {phase}' if phase else ''}")
-        row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "phase": phase, "train_loss": train_loss,
-               "smooth_loss": debiased, "lrm": lrm, "tok_per_sec": tok_per_sec, "mfu": mfu, "time": self.total_time, **extras}
-        self.log.metrics(kind="train", **row)
         wandb_run.log({"step": self.step, "train/loss": train_loss, "train/tok_per_sec": tok_per_sec, "lrm": lrm})
-        self._window = [now, 0]
 
     def _evaluate(self, evaluate, phase, wandb_run):
         self.orig_model.eval()

@@ -156,6 +156,12 @@ def _ddp_worker(rank, world_size, init_file, out_path, n_batches, accum, count_h
     batches = Batches(random_batches(n_batches[rank], seed=rank))
     result = trainer.run(batches, num_iterations=100)
     torch.save({"step": result["step"], "calls": calls[0], "state": model.state_dict()}, f"{out_path}.{rank}")
+    # let go of the DDP module (its reducer and comm hook hold the process group) before the group:
+    # destroying the group under it ended a worker with "terminate called without an active exception" once in CI
+    dist.barrier()
+    del trainer, model
+    import gc
+    gc.collect()
     dist.destroy_process_group()
 
 
@@ -274,3 +280,20 @@ def test_ctrl_c_saves_and_resume_continues_the_same_losses(corpus_dir):
     rows = read_rows(os.path.join(corpus_dir, "base_checkpoints", "ctrlc", "metrics.jsonl"))
     steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert steps == list(range(1, 41))
+
+
+def test_runlog_on_resume_keeps_each_row_once(tmp_path):
+    from nanochat.metrics import RunLog
+    log = RunLog(str(tmp_path))
+    for step in (1, 2, 3, 3, 4, 5, 6):  # step 3 twice: a Ctrl-C inside the logging of step 3
+        log.metrics(kind="train", step=step)
+    log.metrics(kind="eval", step=4, val_bpb=2.0)
+    log.metrics(kind="eval", step=6, val_bpb=1.0)  # after the save at 6: evaluated again on resume
+    log.sample(step=6, prompt="a", completion="b")
+    (tmp_path / "metrics.jsonl").open("a").write('{"kind": "train", "st')  # a line cut short by a kill
+    RunLog(str(tmp_path), resume_step=6)
+    rows = read_rows(str(tmp_path / "metrics.jsonl"))
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", s) for s in range(1, 7)] + [("eval", 4)]
+    assert read_rows(str(tmp_path / "samples.jsonl")) == []
+    RunLog(str(tmp_path))  # a fresh run starts fresh files
+    assert read_rows(str(tmp_path / "metrics.jsonl")) == []
