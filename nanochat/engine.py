@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from nanochat.common import get_compute_dtype, autocast_ctx
 from nanochat.calculator import use_calculator
-from nanochat.fast_decode import fast_decode_mode, make_decoder
+from nanochat.fast_decode import fast_decode_mode, make_decoder, supports as fast_decode_supports
 
 
 def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
@@ -113,7 +113,7 @@ class Engine:
         return limit
 
     def _decoder(self, batch_size, max_len):
-        if fast_decode_mode(self.device) is not None:
+        if fast_decode_mode(self.device) is not None and fast_decode_supports(self.model.config):
             if self._fast is None or not self._fast.fits(batch_size, max_len):
                 self._fast = None  # free the old cache first
                 self._fast = make_decoder(self.model, batch_size, max_len, dtype=self.dtype)

@@ -48,6 +48,12 @@ from nanochat.gpt import KVCache, norm
 MODES = ("static", "graph", "compile")
 
 
+def supports(config):
+    """Whether the fast decoder implements this architecture (the standard attention and a dense MLP);
+    the engine decodes the others on the plain KV-cache path."""
+    return getattr(config, "attn", "standard") == "standard" and not getattr(config, "moe_experts", 0)
+
+
 def fast_decode_mode(device):
     """
     The fast-decode mode the engine should use on `device`, or None for the plain eager path.
@@ -86,6 +92,9 @@ class StaticKVDecoder:
         if max_len > model.cos.size(1):
             raise ValueError(f"max_len {max_len} is longer than the model's rotary table ({model.cos.size(1)})")
         c = model.config
+        if not supports(c):
+            raise ValueError("the fast decoder covers standard attention with a dense MLP; decode this model with "
+                             "NANOCHAT_FAST_DECODE=0 (the engine's KV-cache path)")
         self.model, self.config, self.device, self.mode = model, c, device, mode
         self.batch_size, self.max_len = batch_size, max_len
         self.dtype = dtype if dtype is not None else get_compute_dtype(device.type)

@@ -6,7 +6,8 @@ The GPT model. The default configuration computes the same function as karpathy/
 - causal attention through scaled_dot_product_attention, GQA (n_kv_head < n_head)
 - relu^2 MLP, untied embeddings, norms without weight, no biases
 Extra options with defaults that keep that function: explicit head_dim, SwiGLU MLP with its own
-hidden size, tied embeddings, RMSNorm with weight, gradient checkpointing.
+hidden size, tied embeddings, RMSNorm with weight, gradient checkpointing, differential attention
+(nanochat.attention) and a mixture-of-experts MLP (nanochat.mlp).
 """
 import math
 from dataclasses import dataclass, asdict
@@ -16,7 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nanochat.attention import ATTENTION, apply_rotary_emb, kv_shapes, norm  # noqa: F401 (norm, apply_rotary_emb: re-exported)
 from nanochat.fused_loss import fused_linear_cross_entropy
+from nanochat.mlp import MLP, MoE
 
 
 @dataclass
@@ -32,10 +35,13 @@ class GPTConfig:
     mlp_hidden: int = 0       # 0: 4 * n_embd for relu2, 8/3 * n_embd rounded up to a multiple of 64 for swiglu
     tie_embeddings: bool = False
     norm_weight: bool = False  # RMSNorm with a learned weight (the QK-norm stays weightless)
+    attn: str = "standard"    # "standard", or "diff": differential attention (n_head heads of two maps; 2*n_head*head_dim = n_embd)
+    moe_experts: int = 0      # 0: a dense MLP; N: a mixture of N experts, each an MLP of mlp_hidden
+    moe_top_k: int = 2        # experts per token
 
     def __post_init__(self):
         if self.head_dim == 0 and self.n_head > 0:
-            self.head_dim = self.n_embd // self.n_head
+            self.head_dim = self.n_embd // (2 * self.n_head if self.attn == "diff" else self.n_head)
         if self.mlp_hidden == 0:
             if self.mlp == "swiglu":
                 self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
@@ -51,19 +57,22 @@ class GPTConfig:
             raise ValueError(f"mlp must be 'relu2' or 'swiglu', got {self.mlp!r}")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if self.n_head * self.head_dim != self.n_embd:
+        if self.attn not in ("standard", "diff"):
+            raise ValueError(f"attn must be 'standard' or 'diff', got {self.attn!r}")
+        if self.attn == "diff" and 2 * self.n_head * self.head_dim != self.n_embd:
+            raise ValueError(f"differential attention: 2 x n_head ({self.n_head}) x head_dim ({self.head_dim}) must equal "
+                             f"the width n_embd ({self.n_embd})")
+        if self.attn == "standard" and self.n_head * self.head_dim != self.n_embd:
             raise ValueError(f"n_head ({self.n_head}) x head_dim ({self.head_dim}) must equal the width n_embd ({self.n_embd})")
+        if self.moe_experts < 0 or (self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts):
+            raise ValueError(f"MoE: need 0 experts (dense) or top_k in 1..experts, got {self.moe_experts} experts, "
+                             f"top_k {self.moe_top_k}")
         if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head != 0:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         return self
 
     def to_dict(self):
         return asdict(self)
-
-
-def norm(x, weight=None):
-    # eps left at its default (finfo eps), as nanochat does
-    return F.rms_norm(x, (x.size(-1),), weight)
 
 
 class RMSNorm(nn.Module):
@@ -76,25 +85,17 @@ class RMSNorm(nn.Module):
         return norm(x, self.weight)
 
 
-def apply_rotary_emb(x, cos, sin):
-    # x: (B, T, H, D); rotate the pair (first half, second half) of each head
-    d = x.shape[3] // 2
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x[..., :d], x[..., d:]
-    y1 = x1 * cos + x2 * sin
-    y2 = x1 * (-sin) + x2 * cos
-    return torch.cat([y1, y2], 3).to(x.dtype)
-
-
 class KVCache:
     """
-    Preallocated key/value cache for all layers: (n_layer, B, n_kv_head, max_len, head_dim).
+    Preallocated key/value cache for all layers: keys (n_layer, B, k_heads, max_len, k_dim), values
+    (n_layer, B, v_heads, max_len, v_dim); the same shapes unless given (differential attention
+    keeps two keys of head_dim and one value of 2*head_dim per kv head).
     Layers insert at the current position; the model advances the position once per forward.
     """
-    def __init__(self, batch_size, num_kv_heads, max_len, head_dim, num_layers, device, dtype):
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, batch_size, num_kv_heads, max_len, head_dim, num_layers, device, dtype, v_heads=None, v_dim=None):
+        self.k = torch.zeros((num_layers, batch_size, num_kv_heads, max_len, head_dim), device=device, dtype=dtype)
+        v_shape = (num_layers, batch_size, v_heads or num_kv_heads, max_len, v_dim or head_dim)
+        self.v = torch.zeros(v_shape, device=device, dtype=dtype)
         self.pos = 0
 
     @property
@@ -129,69 +130,13 @@ class KVCache:
         self.pos = n
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
-        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
-        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
-        self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
-
-    def forward(self, x, cos_sin, kv_cache=None):
-        B, T, _ = x.size()
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        cos, sin = cos_sin
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
-        q, k = norm(q), norm(k)  # QK-norm
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if kv_cache is not None:
-            k, v = kv_cache.insert_kv(self.layer_idx, k, v)
-        Tq, Tk = q.size(2), k.size(2)
-        gqa = self.n_head != self.n_kv_head
-        if Tq == Tk:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif Tq == 1:
-            # one new token attends to everything in the cache
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=gqa)
-        else:
-            # a chunk after a prefix: the prefix is fully visible, the chunk is causal
-            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        y = y.transpose(1, 2).contiguous().view(B, T, -1)
-        return self.c_proj(y)
-
-
-class MLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.kind = config.mlp
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
-        if self.kind == "swiglu":
-            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
-
-    def forward(self, x):
-        if self.kind == "swiglu":
-            h = F.silu(self.c_gate(x)) * self.c_fc(x)
-        else:
-            # r * r rather than .square(): CUDA autocast runs pow in fp32 (and saves an fp32 copy
-            # for backward); a product of bf16 values keeps the compute dtype, same value
-            r = F.relu(self.c_fc(x))
-            h = r * r
-        return self.c_proj(h)
-
-
 class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.ln_1 = RMSNorm(config.n_embd, config.norm_weight)
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = ATTENTION[config.attn](config, layer_idx)
         self.ln_2 = RMSNorm(config.n_embd, config.norm_weight)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.moe_experts else MLP(config)
 
     def forward(self, x, cos_sin, kv_cache=None):
         x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
@@ -251,7 +196,10 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             # residual branches start as identity
             nn.init.zeros_(block.attn.c_proj.weight)
-            nn.init.zeros_(block.mlp.c_proj.weight)
+            for mlp in (block.mlp.experts if self.config.moe_experts else [block.mlp]):
+                nn.init.zeros_(mlp.c_proj.weight)
+            if self.config.attn == "diff":
+                block.attn.init_lambdas()
         if self.config.tie_embeddings:
             # the shared matrix is also the classifier: keep initial logits O(1)
             nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0 / math.sqrt(self.config.n_embd))
@@ -270,40 +218,64 @@ class GPT(nn.Module):
     def param_counts(self):
         """
         Parameters per component, counted from the model's own tensors (shared tensors once):
-        wte, attn (c_q, c_k, c_v, c_proj), mlp, norms, lm_head (0 when tied), total.
+        wte, attn (c_q, c_k, c_v, c_proj, and differential attention's lambdas), mlp (c_fc,
+        c_gate, c_proj summed over the experts, and the MoE router), norms, lm_head (0 when
+        tied), total.
         """
-        counts = {"wte": 0, "attn.c_q": 0, "attn.c_k": 0, "attn.c_v": 0, "attn.c_proj": 0,
-                  "mlp.c_fc": 0, "mlp.c_gate": 0, "mlp.c_proj": 0, "norms": 0, "lm_head": 0}
+        c = self.config
+        counts = {"wte": 0, "attn.c_q": 0, "attn.c_k": 0, "attn.c_v": 0, "attn.c_proj": 0, "attn.lambdas": 0,
+                  "mlp.router": 0, "mlp.c_fc": 0, "mlp.c_gate": 0, "mlp.c_proj": 0, "norms": 0, "lm_head": 0}
         for name, p in self.named_parameters():  # named_parameters() yields a shared tensor once
+            parts = name.split(".")
             if name == "transformer.wte.weight":
                 key = "wte"
             elif name == "lm_head.weight":
                 key = "lm_head"
+            elif parts[-1].startswith("lambda_"):
+                key = "attn.lambdas"
             elif p.ndim == 1:
                 key = "norms"
+            elif "experts" in parts:  # transformer.h.0.mlp.experts.3.c_fc.weight
+                key = "mlp." + parts[-2]
             else:
-                key = ".".join(name.split(".")[-3:-1])  # e.g. "attn.c_q"
+                key = ".".join(parts[-3:-1])  # e.g. "attn.c_q"
             counts[key] += p.numel()
-        if self.config.mlp != "swiglu":
-            del counts["mlp.c_gate"]
+        for key, keep in (("mlp.c_gate", c.mlp == "swiglu"), ("attn.lambdas", c.attn == "diff"), ("mlp.router", c.moe_experts)):
+            if not keep:
+                del counts[key]
         counts["total"] = sum(counts.values())
         return counts
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
+    def inactive_params(self):
+        """Expert parameters a token does not use: (experts - top_k) / experts of them (0 for a dense MLP)."""
+        c = self.config
+        if not c.moe_experts:
+            return 0
+        expert = sum(p.numel() for block in self.transformer.h for p in block.mlp.experts.parameters())
+        return expert * (c.moe_experts - c.moe_top_k) // c.moe_experts
+
+    def active_params(self):
+        """Parameters a token uses (the total, less the experts it is not routed to)."""
+        return self.num_params() - self.inactive_params()
+
     def estimate_flops(self):
         """
         Training FLOPs per token (forward + backward): 6 per weight used in a matmul (every
-        parameter except the embedding lookup, plus the lm_head even when tied) plus attention
-        scores and values, 12 * n_layer * n_head * head_dim * sequence_len.
+        parameter except the embedding lookup, plus the lm_head even when tied; of the experts only
+        the top_k a token runs) plus attention scores and values, 12 * n_layer * n_head * head_dim
+        * sequence_len; differential attention has two maps of head_dim and a value of 2*head_dim
+        per head, 3x that per head.
         """
         c = self.config
-        matmul_params = self.num_params() - self.transformer.wte.weight.numel()
+        matmul_params = self.active_params() - self.transformer.wte.weight.numel()
         if c.tie_embeddings:
             matmul_params += self.lm_head.weight.numel()
         matmul_params -= sum(p.numel() for p in self.parameters() if p.ndim == 1)  # norms are not matmuls
-        return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * c.sequence_len
+        heads = 3 * c.n_head if c.attn == "diff" else c.n_head
+        return 6 * matmul_params + 12 * c.n_layer * heads * c.head_dim * c.sequence_len
 
     # -------------------------------------------------------------------------
     # running
@@ -312,7 +284,8 @@ class GPT(nn.Module):
         c = self.config
         if dtype is None:
             dtype = self.transformer.wte.weight.dtype
-        return KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, c.n_layer, self.get_device(), dtype)
+        (k_heads, k_dim), (v_heads, v_dim) = kv_shapes(c)
+        return KVCache(batch_size, k_heads, max_len, k_dim, c.n_layer, self.get_device(), dtype, v_heads, v_dim)
 
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         B, T = idx.size()
@@ -366,37 +339,62 @@ class GPT(nn.Module):
 # -----------------------------------------------------------------------------
 # architecture flags, shared by every script that builds or sizes a model
 
+ARCH_DEFAULTS = dict(depth=20, n_layer=0, model_dim=0, head_dim=0, n_kv_head=0, mlp="relu2", mlp_hidden=0,
+                     tie_embeddings=False, norm_weight=False, attn="standard", moe_experts=0, moe_top_k=2)
+
+
 def add_arch_args(parser, vocab_size=False):
-    g = parser.add_argument_group("architecture (--depth alone derives the rest, as nanochat does)")
-    g.add_argument("--depth", type=int, default=20, help="layers; also sets model_dim = 64*depth unless given (default 20)")
-    g.add_argument("--n_layer", type=int, default=0, help="layers (overrides --depth)")
-    g.add_argument("--model_dim", type=int, default=0, help="width n_embd (default 64*depth)")
-    g.add_argument("--head_dim", type=int, default=0, help="per-head width (default 128, or 64 if 128 does not divide the width)")
-    g.add_argument("--n_kv_head", type=int, default=0, help="key/value heads for GQA (default: as many as query heads)")
-    g.add_argument("--mlp", type=str, default="relu2", choices=["relu2", "swiglu"], help="MLP kind (default relu2)")
-    g.add_argument("--mlp_hidden", type=int, default=0, help="MLP hidden size (default 4x width for relu2, 8/3x for swiglu)")
+    d = ARCH_DEFAULTS
+    g = parser.add_argument_group("architecture (--depth alone derives the rest, as nanochat does; --variant takes a named one)")
+    g.add_argument("--depth", type=int, default=d["depth"], help="layers; also sets model_dim = 64*depth unless given (default 20)")
+    g.add_argument("--n_layer", type=int, default=d["n_layer"], help="layers (overrides --depth)")
+    g.add_argument("--model_dim", type=int, default=d["model_dim"], help="width n_embd (default 64*depth)")
+    g.add_argument("--head_dim", type=int, default=d["head_dim"], help="per-head width (default 128, or 64 if 128 does not divide the width)")
+    g.add_argument("--n_kv_head", type=int, default=d["n_kv_head"], help="key/value heads for GQA (default: as many as query heads)")
+    g.add_argument("--mlp", type=str, default=d["mlp"], choices=["relu2", "swiglu"], help="MLP kind (default relu2)")
+    g.add_argument("--mlp_hidden", type=int, default=d["mlp_hidden"],
+                   help="MLP hidden size, of each expert with MoE (default 4x width for relu2, 8/3x for swiglu)")
     g.add_argument("--tie_embeddings", action="store_true", help="share the token embedding with the lm_head")
     g.add_argument("--norm_weight", action="store_true", help="RMSNorm with a learned weight")
+    g.add_argument("--attn", type=str, default=d["attn"], choices=["standard", "diff"],
+                   help="attention: standard, or diff (differential attention: width/(2*head_dim) heads of two maps)")
+    g.add_argument("--moe_experts", type=int, default=d["moe_experts"], help="0: a dense MLP (default); N: a mixture of N experts")
+    g.add_argument("--moe_top_k", type=int, default=d["moe_top_k"], help="with --moe_experts: experts per token (default 2)")
+    g.add_argument("--variant", type=str, default="", help="a named architecture of nanochat.variants (v01_dense_small ... "
+                   "v10_wide_shallow, or a unique prefix such as v03): sets every flag above")
+    g.add_argument("--scale", type=str, default="full", choices=["full", "tiny"],
+                   help="with --variant: full (the published sizes) or tiny (the same shape shrunk for a CPU)")
     if vocab_size:
-        g.add_argument("--vocab_size", type=int, default=65536, help="vocabulary size (default 65536)")
+        g.add_argument("--vocab_size", type=int, default=0, help="vocabulary size (default 65536; 49,152 with --variant)")
     return g
 
 
 def config_from_args(args, vocab_size, sequence_len):
-    """Build a validated GPTConfig from the architecture flags; raises ValueError with one line."""
+    """Build a validated GPTConfig from the architecture flags; raises ValueError with one line.
+    vocab_size 0: 65536, or the registry's with --variant."""
+    if getattr(args, "variant", ""):
+        from nanochat.variants import VOCAB_SIZE, variant_config
+        given = [k for k, v in ARCH_DEFAULTS.items() if getattr(args, k, v) != v]
+        if given:
+            raise ValueError(f"--variant sets the whole architecture: drop --{given[0]} (or leave out --variant)")
+        return variant_config(args.variant, vocab_size or VOCAB_SIZE, sequence_len, args.scale)
+    vocab_size = vocab_size or 65536
     n_layer = args.n_layer or args.depth
     if n_layer <= 0:
         raise ValueError(f"the number of layers must be positive, got {n_layer}")
     model_dim = args.model_dim or 64 * n_layer
     head_dim = args.head_dim or (128 if model_dim % 128 == 0 else 64)
-    if model_dim % head_dim != 0:
-        raise ValueError(f"head_dim ({head_dim}) must divide the width model_dim ({model_dim})")
-    n_head = model_dim // head_dim
+    attn = getattr(args, "attn", "standard")
+    per_head = 2 * head_dim if attn == "diff" else head_dim  # a differential head's value is 2*head_dim wide
+    if model_dim % per_head != 0:
+        raise ValueError(f"head_dim ({head_dim}{' x 2 maps' if attn == 'diff' else ''}) must divide the width model_dim ({model_dim})")
+    n_head = model_dim // per_head
     n_kv_head = args.n_kv_head or n_head
     config = GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                        n_kv_head=n_kv_head, n_embd=model_dim, head_dim=head_dim, mlp=args.mlp,
                        mlp_hidden=args.mlp_hidden, tie_embeddings=args.tie_embeddings,
-                       norm_weight=args.norm_weight)
+                       norm_weight=args.norm_weight, attn=attn, moe_experts=getattr(args, "moe_experts", 0),
+                       moe_top_k=getattr(args, "moe_top_k", 2))
     return config.validate()
 
 

@@ -26,6 +26,8 @@ one entry per rank). One that can run out (SFT by epochs; `finite` not False) ma
 inside an accumulation: that rank finishes the step on zero-weighted repeats of its last batch, so
 every rank runs the same micro-steps (DDP would hang otherwise), and all stop at the step's end.
 A batch is a tuple handed to loss_fn(model, *batch) -> loss, or (loss, {name: value}) to log more.
+A model with MoE layers trains on loss + --moe_aux_weight x their load-balancing loss, whatever
+the loss_fn; the logged loss stays the loss_fn's, with moe_aux and the expert loads beside it.
 """
 import argparse
 import math
@@ -38,6 +40,7 @@ from nanochat.common import (UserError, autocast_ctx, compute_cleanup, get_dist_
                              init_wandb, print0, str2bool, synchronize, wrap_ddp)
 from nanochat.checkpoint_manager import find_last_step, load_checkpoint, save_checkpoint
 from nanochat.metrics import RunLog
+from nanochat.mlp import moe_layers, moe_stats
 from nanochat.optim import build_optimizers, describe_optimizers, muon_momentum, parse_layer_lr, step_optimizers
 
 # The settings every training script shares; a script changes defaults with add_training_args(**defaults).
@@ -47,11 +50,11 @@ TRAIN_DEFAULTS = dict(
     init_lr_frac=1.0, layer_lr="", weight_decay=0.0, grad_clip=1.0,
     warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0, lr_decay="linear",
     grad_checkpoint=False, compile=False, eval_every=250, sample_every=0, save_every=-1, log_every=0,
-    resume="no", seed=42,
+    resume="no", seed=42, moe_aux_weight=0.01,
 )
 # flags whose values a resumed run takes from the command line, not from the checkpoint (said when they differ)
 LR_FLAGS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "adamw_lr", "init_lr_frac", "layer_lr",
-            "weight_decay", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "lr_decay", "grad_clip")
+            "weight_decay", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "lr_decay", "grad_clip", "moe_aux_weight")
 
 
 def _resume_mode(value):
@@ -100,6 +103,8 @@ def add_training_args(parser, **defaults):
     g.add_argument("--resume", type=_resume_mode, nargs="?", const="yes", default=d["resume"], metavar="auto",
                    help="continue from the latest checkpoint of the output folder; '--resume auto': if there is one, else start fresh")
     g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--moe_aux_weight", type=float, default=d["moe_aux_weight"],
+                   help="with MoE layers: weight of the load-balancing loss added to the training loss (default 0.01)")
     return g
 
 
@@ -183,6 +188,7 @@ class Trainer:
         self.log = RunLog(None)
         self.in_update = False
         self.extras = {}
+        self.has_moe = bool(moe_layers(model))
 
     def describe(self):
         """The optimizer groups with their learning rates (printed at start-up)."""
@@ -238,7 +244,9 @@ class Trainer:
         if saved != self.args.optimizer:
             raise UserError(f"the checkpoint in {self.checkpoint_dir} was trained with --optimizer {saved}, not "
                             f"{self.args.optimizer}: resume with --optimizer {saved}, or start a new run without --resume")
-        if meta.get("model_config") != self.orig_model.config.to_dict():
+        known = set(type(self.orig_model.config).__dataclass_fields__)
+        saved_config = type(self.orig_model.config)(**{k: v for k, v in meta.get("model_config", {}).items() if k in known})
+        if saved_config.to_dict() != self.orig_model.config.to_dict():  # (fields added since default in the saved one)
             raise UserError(f"the checkpoint in {self.checkpoint_dir} has a different architecture: pass the same "
                             f"architecture flags, or another --model_tag/--output_tag")
         groups = [len(s.get("param_groups", [])) for s in optim_state] if isinstance(optim_state, list) else None
@@ -327,7 +335,12 @@ class Trainer:
             with self.autocast:
                 out = self.loss_fn(self.model, *batch)
             loss, extras = out if isinstance(out, tuple) else (out, None)
-            scaled = loss / accum if weight else loss * 0.0  # a repeat only keeps the ranks in step
+            objective = loss
+            if self.has_moe:
+                aux, load = moe_stats(self.orig_model)
+                objective = loss + self.args.moe_aux_weight * aux
+                extras = {**(extras or {}), "moe_aux": aux.detach(), "load_min": load.min(), "load_max": load.max()}
+            scaled = objective / accum if weight else objective * 0.0  # a repeat only keeps the ranks in step
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             if weight:
                 total = loss.detach() if total is None else total + loss.detach()

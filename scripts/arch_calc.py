@@ -24,6 +24,8 @@ LABELS = {
     "attn.c_k": "attention key (c_k)",
     "attn.c_v": "attention value (c_v)",
     "attn.c_proj": "attention output (c_proj)",
+    "attn.lambdas": "differential attention lambdas",
+    "mlp.router": "MoE router",
     "mlp.c_fc": "MLP up (c_fc)",
     "mlp.c_gate": "MLP gate (c_gate)",
     "mlp.c_proj": "MLP down (c_proj)",
@@ -160,6 +162,7 @@ given = {a.split("=")[0].removeprefix("--").replace("-", "_") for a in sys.argv[
 # proposals near a parameter budget
 
 if args.target_params:
+    args.vocab_size = args.vocab_size or 65536
     try:
         target = parse_count(args.target_params)
         if args.top <= 0 or args.tolerance <= 0:
