@@ -14,9 +14,11 @@ What a training run writes next to its checkpoints, for plots and for comparing 
 trained), `tokens` the training tokens seen by then. "phase" is null outside curricula.
 
 A resumed run continues the same files: RunLog(..., resume_step=k) first drops what the stopped run
-wrote after its checkpoint at step k (train rows past k; eval, shares and sample rows from k on,
-since those come after the save at step k and are written again), so no row appears twice (a
-metrics row that an interrupted run wrote twice is kept once).
+wrote after its checkpoint at step k (train rows past k; eval, shares and sample rows past k).
+Eval, shares and sample rows at step k come after the save at k: they stay unless the resumed run
+writes that kind at step k again, which replaces them. So no row appears twice (a metrics row that
+an interrupted run wrote twice is kept once), and a run that does not evaluate again at k (say
+--eval_every 0, a tournament's next round) keeps the evaluation it had.
 Lines are flushed as they are written; a half-written last line (a killed process) is skipped.
 """
 import json
@@ -42,11 +44,9 @@ def read_rows(path):
     return rows
 
 
-def _written_before_save(row, step):
-    """True for the rows a run wrote up to (and including) its checkpoint at `step`."""
-    if row.get("step", 0) < step:
-        return True
-    return row.get("step") == step and row.get("kind", "train") == "train"
+def _written_up_to(row, step):
+    """True for the rows a run wrote up to its checkpoint at `step` and, of other kinds than train, at that step."""
+    return row.get("step", 0) <= step
 
 
 def _unique_steps(rows):
@@ -83,12 +83,19 @@ class RunLog:
                 if os.path.exists(path):
                     os.remove(path)  # a fresh run starts fresh files
             elif os.path.exists(path):
-                rows = [r for r in read_rows(path) if _written_before_save(r, resume_step)]
+                rows = [r for r in read_rows(path) if _written_up_to(r, resume_step)]
                 _rewrite(path, _unique_steps(rows) if path == self.metrics_path else rows)
+        self.resume_step, self.replaced = resume_step, set()
 
     def _append(self, path, row):
         if not self.enabled:
             return
+        kind = (path, row.get("kind", "train"))
+        if row.get("step") == self.resume_step and kind not in self.replaced and kind[1] != "train":
+            # this run writes this kind at its resume step again: it replaces the stopped run's rows there
+            self.replaced.add(kind)
+            _rewrite(path, [r for r in read_rows(path) if not (r.get("step") == self.resume_step
+                                                                and r.get("kind", "train") == kind[1])])
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -369,7 +369,7 @@ class Trainer:
         data_state) -> a dict logged as a "shares" row when a phase ends. Returns a summary dict.
         """
         args = self.args
-        if self.planned_iterations not in (None, num_iterations):
+        if self.planned_iterations not in (None, num_iterations) and schedule is None:
             print0(f"--resume: the run now ends at step {num_iterations} (it was planned for {self.planned_iterations}); "
                    f"the schedule follows {num_iterations}")
         self.planned_iterations = num_iterations

@@ -288,12 +288,20 @@ def test_runlog_on_resume_keeps_each_row_once(tmp_path):
     for step in (1, 2, 3, 3, 4, 5, 6):  # step 3 twice: a Ctrl-C inside the logging of step 3
         log.metrics(kind="train", step=step)
     log.metrics(kind="eval", step=4, val_bpb=2.0)
-    log.metrics(kind="eval", step=6, val_bpb=1.0)  # after the save at 6: evaluated again on resume
+    log.metrics(kind="eval", step=6, val_bpb=1.0)  # after the save at 6
     log.sample(step=6, prompt="a", completion="b")
+    log.metrics(kind="train", step=7)  # after the checkpoint at 6: dropped on resume
+    log.metrics(kind="eval", step=8, val_bpb=0.5)
     (tmp_path / "metrics.jsonl").open("a").write('{"kind": "train", "st')  # a line cut short by a kill
-    RunLog(str(tmp_path), resume_step=6)
+    resumed = RunLog(str(tmp_path), resume_step=6)
     rows = read_rows(str(tmp_path / "metrics.jsonl"))
-    assert [(r["kind"], r["step"]) for r in rows] == [("train", s) for s in range(1, 7)] + [("eval", 4)]
-    assert read_rows(str(tmp_path / "samples.jsonl")) == []
+    # the evaluation at 6 stays (a run that does not evaluate at its resume step keeps it) ...
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", s) for s in range(1, 7)] + [("eval", 4), ("eval", 6)]
+    # ... and one that evaluates there again replaces it, as a sample there replaces the old one
+    resumed.metrics(kind="eval", step=6, val_bpb=0.9)
+    resumed.sample(step=6, prompt="a", completion="c")
+    rows = read_rows(str(tmp_path / "metrics.jsonl"))
+    assert [(r["kind"], r["step"], r.get("val_bpb")) for r in rows if r["kind"] == "eval"] == [("eval", 4, 2.0), ("eval", 6, 0.9)]
+    assert [r["completion"] for r in read_rows(str(tmp_path / "samples.jsonl"))] == ["c"]
     RunLog(str(tmp_path))  # a fresh run starts fresh files
     assert read_rows(str(tmp_path / "metrics.jsonl")) == []
