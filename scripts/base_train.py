@@ -5,6 +5,7 @@ Pretrain a base model.
     torchrun --nproc_per_node 8 -m scripts.base_train --depth 20  # several GPUs
     python -m scripts.base_train --n_layer 4 --model_dim 512 --head_dim 64 --max_seq_len 1024
     python -m scripts.base_train --depth 4 --personal my_texts/ --personal_frac 0.05 --resume auto
+    python -m scripts.base_train --variant v03_diffattn_small --max_seq_len 1024 --device_batch_size 16
 
 Settings -> setup -> loop (nanochat.trainer). Everything derivable is derived: gradient
 accumulation from the total batch size, the number of iterations from a tokens:params ratio,
@@ -32,7 +33,7 @@ parser.add_argument("--max_seq_len", type=int, default=2048, help="context lengt
 parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | builtin | tinystories | a folder of parquet shards")
 parser.add_argument("--target_param_data_ratio", type=float, default=20, help="tokens per parameter when --num_iterations is -1 (Chinchilla: 20)")
 parser.add_argument("--eval_tokens", type=int, default=20 * 524288, help="tokens of val data per evaluation")
-parser.add_argument("--model_tag", type=str, default="", help="checkpoint folder name (default d<depth>)")
+parser.add_argument("--model_tag", type=str, default="", help="checkpoint folder name (default d<depth>, or the --variant's name)")
 parser.add_argument("--personal", type=str, default="", help="your own text (file or folder: txt, md, ChatML, JSONL, .vtt) for every batch")
 parser.add_argument("--personal_frac", type=float, default=0.05, help="with --personal: the share of every batch's tokens from it")
 add_training_args(parser, device_batch_size="32", total_batch_size=524288, eval_every=250, sample_every=2000)
@@ -67,7 +68,12 @@ print0(f"iterations: {num_iterations:,} | tokens: {num_iterations * total_batch_
        f"({num_iterations * total_batch_size / num_params:.2f} per parameter) | "
        f"total FLOPs: {model.estimate_flops() * num_iterations * total_batch_size:e}")
 
-checkpoint_dir = os.path.join(get_checkpoints_dir("base"), args.model_tag or model_tag_for(config))
+if args.variant:
+    from nanochat.variants import resolve
+    default_tag = resolve(args.variant) + ("_tiny" if args.scale == "tiny" else "")
+else:
+    default_tag = model_tag_for(config)
+checkpoint_dir = os.path.join(get_checkpoints_dir("base"), args.model_tag or default_tag)
 try:
     trainer = Trainer(model, args, device, dtype, B, T, grad_accum_steps, checkpoint_dir)
     meta = trainer.resume()  # --resume: weights, optimizers, loop state and data position come back

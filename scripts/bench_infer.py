@@ -10,9 +10,16 @@ path (nanochat.fast_decode: a CUDA graph on CUDA, the static-shape step elsewher
     # tiny, on a CPU
     python -m scripts.bench_infer --depth 2 --model_dim 128 --vocab_size 512 --max_seq_len 128 \
         --prompt_lengths 16,64 --batch_sizes 1,8 --decode_tokens 32 --json
+    # a contestant of nanochat.variants, shrunk for a CPU
+    python -m scripts.bench_infer --variant v07_hybrid_small --scale tiny --vocab_size 512 --max_seq_len 128
+
+The fast decoder covers standard attention with a dense MLP (fast_decode.supports): for
+differential attention or MoE its modes (fast, static, graph, compile) are skipped with a note (and
+listed under "skipped" in the --json output); the eager KV-cache path, and naive, are measured.
 
 Bandwidth: a decode step must read every matmul weight once (in the compute dtype) plus each
-row's filled KV cache; bytes per step over the step time, divided by the device's peak bandwidth
+row's filled KV cache (of an MoE layer, the experts the batch can reach: min(experts, batch x
+top_k) of them); bytes per step over the step time, divided by the device's peak bandwidth
 (nanochat.hardware), is the fraction reported. Both paths are charged the same minimal bytes, so
 the fractions compare like the speeds do. Decode is timed as a greedy loop that stays on the
 device (argmax fed back, no host synchronisation until the end), after an untimed pass of the same
@@ -20,14 +27,16 @@ length that captures the graphs and warms the allocator.
 """
 import json
 import math
+import sys
 import time
 
 import torch
 
 from nanochat.common import (ArgumentParser, add_device_args, compute_init, die, UserError, get_compute_dtype,
                              autocast_ctx, synchronize)
+from nanochat.attention import kv_shapes
 from nanochat.gpt import add_arch_args, config_from_args, build_model
-from nanochat.fast_decode import make_decoder, fast_decode_mode, MODES
+from nanochat.fast_decode import make_decoder, fast_decode_mode, supports as fast_decode_supports, MODES
 from nanochat.hardware import device_name, get_peak_bandwidth, peak_memory, reset_peak_memory
 
 # -----------------------------------------------------------------------------
@@ -88,6 +97,19 @@ for m in (m.strip() for m in args.modes.split(",") if m.strip()):
         die("--modes graph needs a CUDA device")
     if m not in modes:
         modes.append(m)
+# the fast decoder implements the standard attention with a dense MLP only: skip its modes for the others
+skipped = {}
+if not fast_decode_supports(config):
+    layers = " and ".join(x for x, on in (("differential attention", config.attn == "diff"),
+                                          (f"MoE ({config.moe_experts} experts)", config.moe_experts)) if on)
+    reason = f"the fast decoder does not support {layers}"
+    skipped = {m: reason for m in modes if m in MODES}
+    modes = [m for m in modes if m not in skipped]
+    if not modes:
+        die(f"--modes: nothing left to measure ({reason}): add eager or naive")
+    if skipped:  # on stderr with --json, whose stdout is the one JSON object
+        print(f"note: skipping mode{'s' if len(skipped) > 1 else ''} {', '.join(skipped)}: {reason} "
+              f"(the engine decodes it on the eager KV-cache path)", file=sys.stderr if args.json else sys.stdout)
 max_len_needed = max(max(prompt_lengths) + 1, args.decode_prompt_len + args.decode_tokens + 1, args.check_tokens + 8)
 if max_len_needed > 10 * config.sequence_len:  # the model's rotary table covers 10x its training length
     die(f"prompts and decode need {max_len_needed} positions but the model's rotary table has {10 * config.sequence_len}: raise --max_seq_len")
@@ -107,13 +129,26 @@ def random_prompt(rows, length):
     return torch.randint(0, config.vocab_size, (rows, length), generator=gen).to(device)
 
 # bytes a decode step must read: every matmul weight once, in the compute dtype (a tied lm_head is
-# read as the classifier; the embedding lookup reads only B rows), plus the filled KV cache
+# read as the classifier; the embedding lookup reads only B rows; of an MoE layer's experts the
+# min(experts, B x top_k) the batch can be routed to), plus the filled KV cache (keys and values,
+# whose shapes differ for differential attention)
 elt = torch.tensor([], dtype=dtype).element_size()
 matmul_weights = sum(p.numel() for p in model.parameters() if p.ndim == 2) - model.transformer.wte.weight.numel()
 if config.tie_embeddings:
     matmul_weights += model.lm_head.weight.numel()
-weight_bytes = matmul_weights * elt
-kv_bytes_per_position = 2 * config.n_layer * config.n_kv_head * config.head_dim * torch.tensor([], dtype=cache_dtype).element_size()
+# the experts' share of that (each layer's experts are the same size): read only as far as routed to
+expert_weights = sum(p.numel() for block in model.transformer.h if config.moe_experts
+                     for p in block.mlp.experts.parameters() if p.ndim == 2)
+
+def weight_bytes_at(batch_size):
+    if not config.moe_experts:
+        return matmul_weights * elt
+    reached = min(config.moe_experts, batch_size * config.moe_top_k)
+    return (matmul_weights - expert_weights + expert_weights * reached // config.moe_experts) * elt
+
+weight_bytes = weight_bytes_at(1)
+(k_heads, k_dim), (v_heads, v_dim) = kv_shapes(config)
+kv_bytes_per_position = config.n_layer * (k_heads * k_dim + v_heads * v_dim) * torch.tensor([], dtype=cache_dtype).element_size()
 peak_bw = get_peak_bandwidth(device)
 
 
@@ -207,7 +242,7 @@ def decode(mode, batch_size):
         dt = min(dt, time.perf_counter() - t0)
     step_s = dt / n
     avg_context = p + (n + 1) / 2
-    bytes_per_step = weight_bytes + batch_size * avg_context * kv_bytes_per_position
+    bytes_per_step = weight_bytes_at(batch_size) + batch_size * avg_context * kv_bytes_per_position
     row = {"mode": mode, "batch_size": batch_size, "context": f"{p}..{p + n}", "ms_per_step": 1000 * step_s,
            "tokens_per_s": batch_size / step_s, "bytes_per_step": bytes_per_step,
            "bandwidth_GBps": bytes_per_step / step_s / 1e9,
@@ -242,9 +277,11 @@ result = {
     "date": time.strftime("%Y-%m-%d"),
     "config": config.to_dict(),
     "num_params": model.num_params(),
+    "active_params": model.active_params(),
     "precision": str(dtype).removeprefix("torch."),
     "threads": torch.get_num_threads(),
     "modes": modes,
+    "skipped": skipped,
     "weight_bytes_per_step": weight_bytes,
     "kv_bytes_per_position": kv_bytes_per_position,
     "peak_bandwidth": peak_bw,
@@ -259,10 +296,15 @@ if args.json:
     print(json.dumps(result))
 else:
     c = config
+    layers = (f"{c.mlp}" + (f", MoE {c.moe_experts} experts top {c.moe_top_k}" if c.moe_experts else "")
+              + (", differential attention" if c.attn == "diff" else ""))
+    active = f" ({result['active_params']:,} active)" if c.moe_experts else ""
     print(f"device: {result['device']} | torch {torch.__version__} | {result['precision']} | "
           f"peak bandwidth: {f'{peak_bw / 1e12:.2f} TB/s' if peak_bw else 'n/a'}")
-    print(f"model: {result['num_params']:,} parameters | n_layer {c.n_layer}, n_embd {c.n_embd}, heads {c.n_head} "
-          f"({c.n_kv_head} kv) of {c.head_dim}, {c.mlp}, vocab {c.vocab_size} | weights read per step: {weight_bytes / 1e6:.1f} MB")
+    print(f"model: {result['num_params']:,} parameters{active} | n_layer {c.n_layer}, n_embd {c.n_embd}, heads {c.n_head} "
+          f"({c.n_kv_head} kv) of {c.head_dim}, {layers}, vocab {c.vocab_size} | weights read per step: {weight_bytes / 1e6:.1f} MB")
+    for m, reason in skipped.items():
+        print(f"skipped: {m} ({reason})")
     print("time to first token (prefill + argmax, best of %d):" % args.repeats)
     for r in ttft_rows:
         print(f"  {r['mode']:>8} | prompt {r['prompt_len']:>6} | {r['ms']:9.2f} ms")

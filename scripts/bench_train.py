@@ -11,6 +11,8 @@ peak memory.
         --device_batch_size 16 --grad_checkpoint --compile
     # tiny, on a CPU
     python -m scripts.bench_train --depth 2 --model_dim 128 --vocab_size 512 --max_seq_len 128 --device_batch_size 4 --json
+    # a contestant of nanochat.variants (--scale tiny: shrunk for a CPU)
+    python -m scripts.bench_train --variant v07_hybrid_small --scale tiny --vocab_size 512 --max_seq_len 128 --device_batch_size 4
 
 The timed loop does what base_train's hot loop should: data already on the device, no host
 synchronisation between steps (one at the start and one at the end of the timed window; on CUDA,
@@ -76,6 +78,7 @@ B, T, accum = args.device_batch_size, args.max_seq_len, args.grad_accum_steps
 
 model = build_model(config, device)
 num_params = model.num_params()
+active_params = model.active_params()  # less the experts a token is not routed to (MoE); FLOPs count these
 flops_per_token = model.estimate_flops()
 # the step of the shared training loop (nanochat.trainer), so this times what training runs:
 # LR setting, micro-steps, backward, clip, optimizer, zero_grad (fp16: the GradScaler; --compile)
@@ -141,6 +144,7 @@ result = {
                  "grad_scaler": scaler is not None, "compile": args.compile, "grad_checkpoint": args.grad_checkpoint,
                  "optimizer": args.optimizer, "grad_clip": args.grad_clip, "warmup": args.warmup, "steps": args.steps},
     "num_params": num_params,
+    "active_params": active_params,
     "flops_per_token": flops_per_token,
     "tokens_per_step": tokens_per_step,
     "warmup_s": warmup_s,
@@ -162,8 +166,12 @@ if args.json:
 else:
     s = result["settings"]
     print(f"device: {result['device']} | torch {torch.__version__}")
-    print(f"model: {num_params:,} parameters | {flops_per_token:.3e} FLOPs/token | n_layer {config.n_layer}, "
-          f"n_embd {config.n_embd}, heads {config.n_head} ({config.n_kv_head} kv) of {config.head_dim}, {config.mlp}")
+    c = config
+    layers = (f"{c.mlp}" + (f", MoE {c.moe_experts} experts top {c.moe_top_k}" if c.moe_experts else "")
+              + (", differential attention" if c.attn == "diff" else ""))
+    active = f" ({active_params:,} active)" if c.moe_experts else ""
+    print(f"model: {num_params:,} parameters{active} | {flops_per_token:.3e} FLOPs/token | n_layer {c.n_layer}, "
+          f"n_embd {c.n_embd}, heads {c.n_head} ({c.n_kv_head} kv) of {c.head_dim}, {layers}")
     print(f"batch: {B} x {T} x {accum} accumulation = {tokens_per_step:,} tokens/step | {s['precision']}"
           f"{' + GradScaler' if scaler else ''} | compile {'on' if args.compile else 'off'} | "
           f"checkpointing {'on' if args.grad_checkpoint else 'off'} | {args.optimizer}")

@@ -68,7 +68,45 @@ def test_bench_infer_cpu():
     assert r["peak_bandwidth"] is None
 
 
+# a contestant of nanochat.variants (differential attention + MoE) shrunk for a CPU: 5 layers of 96
+VARIANT = ["--device_type", "cpu", "--variant", "v07_hybrid_small", "--scale", "tiny", "--vocab_size", "256",
+           "--max_seq_len", "32"]
+
+
+def test_bench_train_variant_tiny_cpu():
+    r = run_json("scripts.bench_train", *VARIANT, "--device_batch_size", "2", "--warmup", "1", "--steps", "2")
+    c = r["config"]
+    assert (c["attn"], c["moe_experts"], c["moe_top_k"], c["n_layer"], c["n_embd"], c["vocab_size"]) == ("diff", 8, 2, 5, 96, 256)
+    assert 0 < r["active_params"] < r["num_params"]  # a token runs 2 of the 8 experts
+    assert r["flops_per_token"] < 6 * r["num_params"]  # FLOPs count the active experts only
+    assert r["tokens_per_s"] > 0 and math.isfinite(r["final_loss"])
+
+
+def test_bench_infer_variant_tiny_cpu_skips_the_fast_decoder():
+    r = run_json("scripts.bench_infer", *VARIANT, "--modes", "naive,eager,fast", "--prompt_lengths", "8",
+                 "--batch_sizes", "1,4", "--decode_prompt_len", "8", "--decode_tokens", "8", "--repeats", "1",
+                 "--check_tokens", "12")
+    assert r["modes"] == ["naive", "eager"]  # the eager KV-cache path is still measured
+    assert list(r["skipped"]) == ["static"] and "does not support" in r["skipped"]["static"]
+    assert [(t["mode"], t["prompt_len"]) for t in r["ttft"]] == [("naive", 8), ("eager", 8)]
+    assert [(d["mode"], d["batch_size"]) for d in r["decode"]] == [("naive", 1), ("eager", 1), ("naive", 4), ("eager", 4)]
+    assert all(d["tokens_per_s"] > 0 for d in r["decode"])
+    assert r["tokens_match"] is True  # the KV cache decodes the hybrid like the no-cache loop
+    # two keys of 8 and one value of 16 per kv head (2 kv heads), 5 layers, fp32
+    assert r["kv_bytes_per_position"] == 5 * 2 * (2 * 8 + 16) * 4
+    # batch 1 reads 2 of each layer's 8 experts, batch 4 can reach all 8
+    b1, b4 = (d["bytes_per_step"] for d in r["decode"] if d["mode"] == "eager")
+    assert r["weight_bytes_per_step"] < b1 < b4
+
+
+def test_bench_infer_variant_with_only_fast_modes_is_a_one_line_error():
+    proc = run("scripts.bench_infer", *VARIANT, "--modes", "static")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "nothing left to measure" in lines[0], proc.stderr
+
+
 @pytest.mark.parametrize("module,flags,message", [
+    ("scripts.bench_train", ["--variant", "v03"], "drop --depth"),
     ("scripts.bench_infer", ["--prompt_lengths", "5000"], "rotary table"),
     ("scripts.bench_train", ["--model_dim", "100"], "head_dim"),
 ])
