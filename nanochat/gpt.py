@@ -293,6 +293,9 @@ class GPT(nn.Module):
         if T0 + T > self.cos.size(1):
             raise ValueError(f"sequence of {T0 + T} tokens is longer than the rotary table ({self.cos.size(1)})")
         cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]
+        if self.config.moe_experts:
+            for block in self.transformer.h:
+                block.mlp.aux_loss = None  # each forward's MoE layers store their own (nanochat.mlp)
         x = self.transformer.wte(idx)
         x = self.transformer.ln_e(x)
         for block in self.transformer.h:

@@ -57,9 +57,13 @@ class MoE(nn.Module):
         probs, chosen, weights = self.route(x)
         E = self.n_experts
         counts = torch.bincount(chosen.flatten(), minlength=E).float()
-        share = counts / chosen.numel()                       # f_e: not differentiable (a count)
-        self.aux_loss = E * torch.sum(share * probs.mean(dim=0))  # differentiable through P_e
-        self.load = (share * E).detach()
+        share = counts / chosen.numel()                # f_e: not differentiable (a count)
+        aux = E * torch.sum(share * probs.mean(dim=0))  # differentiable through P_e
+        if self.aux_loss is None:
+            # kept once per model forward (GPT.forward clears it): the recomputation of a
+            # checkpointed block in backward computes it again (it must save the same tensors) but
+            # must not keep it, or its graph would hold the recomputed activations until the next forward
+            self.aux_loss, self.load = aux, (share * E).detach()
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             # every expert runs, on no rows if none chose it, so its weights always get a

@@ -128,8 +128,8 @@ def _fmt(x, spec, none="n/a"):
 
 def round_table(state, round_index, ranked, keep):
     """The markdown table of one round: rank, contestant, held-out bpb (spread), train loss, tokens/s, memory, params."""
-    lines = [f"| rank | contestant | val bpb | spread | train loss | tokens | tok/s | peak mem GiB | params | active | result |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| rank | contestant | val bpb | spread | train loss | tokens | FLOPs | tok/s | peak mem GiB | params | active | result |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for i, (name, s) in enumerate(ranked):
         c = state["contestants"][name]
         result = "continues" if i < keep else "eliminated"
@@ -137,12 +137,12 @@ def round_table(state, round_index, ranked, keep):
             result += f" (tie with {s['tie_with']}: within seed noise)"
         mem = None if not s["peak_memory"] else s["peak_memory"] / 2**30
         lines.append(f"| {i + 1} | {name} | {s['val_bpb']:.4f} | {_fmt(s['spread'], '.4f', '-')} | "
-                     f"{_fmt(s['train_loss'], '.4f')} | {s['tokens']:,} | {_fmt(s['tok_per_sec'], ',.0f')} | "
+                     f"{_fmt(s['train_loss'], '.4f')} | {s['tokens']:,} | {flops_str(s['flops'])} | {_fmt(s['tok_per_sec'], ',.0f')} | "
                      f"{_fmt(mem, '.2f')} | {c['params'] / 1e6:.1f}M | {c['active'] / 1e6:.1f}M | {result} |")
     out = [r for r, c in state["contestants"].items() if c.get("eliminated_in") == round_index and c.get("reason")
            and not c["reason"].startswith("ranked")]
     for name in out:
-        lines.append(f"| - | {name} | - | - | - | - | - | - | {state['contestants'][name]['params'] / 1e6:.1f}M | "
+        lines.append(f"| - | {name} | - | - | - | - | - | - | - | {state['contestants'][name]['params'] / 1e6:.1f}M | "
                      f"{state['contestants'][name]['active'] / 1e6:.1f}M | eliminated: {state['contestants'][name]['reason']} |")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ With --target_params it proposes shapes near a parameter budget instead.
     python -m scripts.arch_calc --n_layer 20 --model_dim 768 --head_dim 64 --n_kv_head 4 \\
         --mlp swiglu --mlp_hidden 2048 --vocab_size 49152 --tie_embeddings --norm_weight   # Hamner-164M
     python -m scripts.arch_calc --target_params 164M --mlp swiglu --vocab_size 49152 --tie_embeddings
+    python -m scripts.arch_calc --variant v05_moe_small     # a named contestant: total and active parameters
 """
 import json
 import math
@@ -60,8 +61,14 @@ def meta_model(config):
 def describe(config):
     c = config
     kv = f", {c.n_kv_head} kv heads" if c.n_kv_head != c.n_head else ""
-    return (f"{c.n_layer} layers, width {c.n_embd}, {c.n_head} heads of {c.head_dim}{kv}, "
-            f"{c.mlp} MLP hidden {c.mlp_hidden}, vocab {c.vocab_size:,}, "
+    if c.attn == "diff":  # each head: two query/key maps of head_dim, one value of 2*head_dim
+        attn = f"differential attention: {c.n_head} heads of 2 maps x {c.head_dim}{kv}"
+    else:
+        attn = f"{c.n_head} heads of {c.head_dim}{kv}"
+    mlp = f"{c.mlp} MLP hidden {c.mlp_hidden}"
+    if c.moe_experts:
+        mlp = f"MoE: {c.moe_experts} experts (top {c.moe_top_k} per token), each a {mlp}"
+    return (f"{c.n_layer} layers, width {c.n_embd}, {attn}, {mlp}, vocab {c.vocab_size:,}, "
             f"{'tied' if c.tie_embeddings else 'untied'} embeddings, norms {'with' if c.norm_weight else 'without'} weight, "
             f"sequence length {c.sequence_len}")
 
@@ -78,6 +85,8 @@ def report(config, ratio):
         "params": counts,
         "total": total,
         "total_without_embeddings": total - counts["wte"] - counts["lm_head"],
+        # what a token runs: with MoE, top_k of the experts (all of them are stored and trained)
+        "active": model.active_params(),
         "flops_per_token": flops,
         "ratio": ratio,
         "tokens": tokens,
@@ -163,7 +172,13 @@ given = {a.split("=")[0].removeprefix("--").replace("-", "_") for a in sys.argv[
 
 if args.target_params:
     args.vocab_size = args.vocab_size or 65536
+    # the search is over dense shapes (quick_count's formula); the other kinds are only counted
+    dense_only = args.attn != "standard" or args.moe_experts != 0
+    note = ("proposals are dense (standard attention, one MLP): --attn and --moe_experts are not searched; "
+            "count a shape of those without --target_params") if dense_only else ""
     try:
+        if args.variant:
+            raise ValueError("--variant names a whole architecture: count it without --target_params")
         target = parse_count(args.target_params)
         if args.top <= 0 or args.tolerance <= 0:
             raise ValueError("--top and --tolerance must be positive")
@@ -173,10 +188,12 @@ if args.target_params:
     except ValueError as e:
         die(str(e))
     if args.json:
-        print(json.dumps({"target_params": target, "proposals": proposals}))
+        print(json.dumps({"target_params": target, "proposals": proposals, **({"note": note} if note else {})}))
         sys.exit(0)
     if not proposals:
         die(f"no shape within {args.tolerance:g}% of {human(target)} parameters with the given flags; try a larger --tolerance")
+    if note:
+        print(f"note: {note}")
     print(f"shapes near {human(target)} parameters ({args.mlp} MLP, vocab {args.vocab_size:,}, "
           f"{'tied' if args.tie_embeddings else 'untied'} embeddings), closest first:")
     print(f"{'layers':>6} {'width':>6} {'heads':>9} {'kv':>3} {'w/l':>5} {'params':>15} {'error':>7}   flags")
@@ -201,8 +218,9 @@ if args.json:
     sys.exit(0)
 
 total = r["total"]
+E = config.moe_experts
 print(describe(config))
-print(f"{'component':<28} {'parameters':>15} {'share':>7}")
+print(f"{'component':<36} {'parameters':>15} {'share':>7}")
 for key, n in r["params"].items():
     if key == "total":
         continue
@@ -210,11 +228,14 @@ for key, n in r["params"].items():
     if key == "lm_head" and config.tie_embeddings:
         label += " (tied to wte)"
     elif key.startswith(("attn", "mlp")):
-        label += f" x{config.n_layer}"
-    print(f"{label:<28} {n:>15,} {100 * n / total:>6.1f}%")
-print(f"{'total':<28} {total:>15,} {100.0:>6.1f}%  ({human(total)})")
-print(f"{'total without embeddings':<28} {r['total_without_embeddings']:>15,} "
+        label += f" x{config.n_layer}" + (f" x{E} experts" if E and key.startswith("mlp.c") else "")
+    print(f"{label:<36} {n:>15,} {100 * n / total:>6.1f}%")
+print(f"{'total':<36} {total:>15,} {100.0:>6.1f}%  ({human(total)})")
+print(f"{'total without embeddings':<36} {r['total_without_embeddings']:>15,} "
       f"{100 * r['total_without_embeddings'] / total:>6.1f}%  (without wte and lm_head)")
-print(f"FLOPs per token (forward + backward): {r['flops_per_token']:.3e}")
+if E:
+    print(f"{'active per token':<36} {r['active']:>15,} {100 * r['active'] / total:>6.1f}%  "
+          f"({human(r['active'])}: {config.moe_top_k} of the {E} experts)")
+print(f"FLOPs per token (forward + backward{', active experts only' if E else ''}): {r['flops_per_token']:.3e}")
 print(f"tokens for a {args.ratio:g}:1 tokens:params ratio: {human(r['tokens'])} "
       f"({r['tokens']:,.0f}), training FLOPs {r['training_flops']:.2e}")

@@ -6,6 +6,7 @@ card and the largest that does. --measure runs real training steps on a CUDA GPU
     python -m scripts.vram_calc --n_layer 20 --model_dim 768 --head_dim 64 --n_kv_head 4 --mlp swiglu \\
         --mlp_hidden 2048 --vocab_size 49152 --tie_embeddings --norm_weight --max_seq_len 1024 \\
         --batch_sizes 16,32 --precision bf16 --grad_checkpoint            # Hamner-164M on a 24 GB card
+    python -m scripts.vram_calc --variant v05_moe_small --max_seq_len 1024 --batch_sizes 8,16   # a named contestant
 
 The estimate is of torch.cuda.max_memory_reserved() ("reserved"); the CUDA context comes on top
 of it ("total"), and a batch fits when the total leaves a 5% margin of the card free.
@@ -80,8 +81,10 @@ for B in batch_sizes:
             row["measured_reserved"] = None  # out of memory on this GPU
     rows.append(row)
 fitting = [r["batch_size"] for r in rows if r["fits"]]
+info = vram.param_info(config)
 result = {
-    "config": config.to_dict(), "seq_len": T, **settings, "gpu_mem_bytes": gpu_mem,
+    "config": config.to_dict(), "params": {"total": info["total"], "active": info["active"]}, "seq_len": T, **settings,
+    "gpu_mem_bytes": gpu_mem,
     "usable_bytes": int(gpu_mem * (1 - vram.SAFETY_MARGIN)), "batches": rows,
     "largest_fitting": max(fitting) if fitting else 0,
     "auto_batch_size": vram.auto_batch_size(config, T, gpu_mem_bytes=gpu_mem, **settings),
@@ -100,9 +103,23 @@ if args.json:
 def gib(n):
     return "-" if n is None else f"{n / vram.GiB:.2f}"
 
-c = config
-print(f"model: {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads of {c.head_dim} ({c.n_kv_head} kv), "
-      f"{c.mlp} MLP {c.mlp_hidden}, vocab {c.vocab_size:,}, {'tied' if c.tie_embeddings else 'untied'} embeddings")
+def describe(c):
+    """One line: the shape, the attention kind and the experts; parameters (all experts are
+    stored: weights, gradients and optimizer state count each of them) and, for MoE, those a token uses."""
+    if c.attn == "diff":
+        attn = f"differential attention, {c.n_head} heads of 2 maps x {c.head_dim} ({c.n_kv_head} kv)"
+    else:
+        attn = f"{c.n_head} heads of {c.head_dim} ({c.n_kv_head} kv)"
+    mlp = f"{c.mlp} MLP {c.mlp_hidden}"
+    if c.moe_experts:
+        mlp = f"MoE: {c.moe_experts} experts of {mlp}, top {c.moe_top_k}"
+    info = vram.param_info(c)
+    params = f"{info['total'] / 1e6:.1f}M parameters" + (f" ({info['active'] / 1e6:.1f}M active)" if c.moe_experts else "")
+    return (f"model: {c.n_layer} layers, width {c.n_embd}, {attn}, {mlp}, vocab {c.vocab_size:,}, "
+            f"{'tied' if c.tie_embeddings else 'untied'} embeddings; {params}")
+
+
+print(describe(config))
 print(f"training: sequence {T}, {args.precision}, {args.optimizer}, grad checkpointing {'on' if args.grad_checkpoint else 'off'}, "
       f"{'compiled' if args.compile else 'eager'}; card {args.gpu_mem_gb:g} GiB, fits when total <= {gib(result['usable_bytes'])} GiB")
 width = max(8, max(len(str(b)) for b in batch_sizes) + 4)

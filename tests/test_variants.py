@@ -165,6 +165,7 @@ def test_aux_loss_is_one_for_uniform_routing_and_larger_when_skewed():
     assert moe.aux_loss.item() == pytest.approx(1.0)
     assert moe.load.sum().item() == pytest.approx(4.0)  # loads are shares x experts: they average 1
     skew_router_to_expert_0(moe, x)
+    moe.aux_loss = None  # a model's forward clears it (GPT.forward); a layer keeps the first it computes after that
     with torch.no_grad():
         moe(x)
     # expert 0 takes half of all choices (one of each token's two) with probability ~1: aux ~ 4 * 1/2
@@ -186,6 +187,20 @@ def test_every_expert_gets_a_gradient_even_when_no_token_chose_it():
         total = sum(p.grad.abs().sum().item() for p in expert.parameters())
         assert (total > 0) == (e == 0), e  # unchosen experts: a zero gradient, not None
     assert moe.router.weight.grad.abs().sum() > 0
+
+
+def test_checkpointed_moe_keeps_the_aux_loss_of_its_forward():
+    """The recomputation of a checkpointed block in backward must not replace a layer's aux_loss: the new
+    one's graph would keep the recomputed activations alive until the next forward."""
+    model = random_model("moe").train()
+    model.grad_checkpoint = True
+    x = torch.randint(0, V, (2, 16))
+    loss = model(x, x)
+    kept = [b.mlp.aux_loss for b in model.transformer.h]
+    loss.backward()
+    assert all(b.mlp.aux_loss is k for b, k in zip(model.transformer.h, kept))
+    model(x, x)  # the next forward computes its own
+    assert all(b.mlp.aux_loss is not k for b, k in zip(model.transformer.h, kept))
 
 
 def test_moe_stats_average_the_layers():
