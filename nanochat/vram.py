@@ -22,9 +22,11 @@ The peak is found by walking the phases of a step and taking the largest:
                   gradient buffers and one chunk's logits
   backward start  all saved activations + the loss's saved gradients and the scaled ones it returns
   block backward  (recomputed) activations of one block + its backward temporaries (an MoE's
-                  walked expert by expert)
+                  walked expert by expert; checkpointed, the end of its recomputation if more)
   embedding       the wte gradient at the end of backward
-  optimizer step  no activations (but what checkpointed MoE blocks leave behind); the optimizer's temporaries
+  optimizer step  no activations; the optimizer's temporaries (train_steps leaves an MoE's aux loss
+                  out of backward, and its graph keeps the checkpointed blocks' inputs to the next
+                  forward: less than the loss's phase holds, so not counted)
 
 What the forward keeps, op by op, for every attention (standard, differential) and MLP (dense,
 mixture of experts), is in nanochat/vram_activations.py. The saved-tensor accounting and the
@@ -42,8 +44,8 @@ import torch
 from nanochat.gpt import build_model
 # the activation accounting (what the forward keeps, op by op) and the parameter counts; re-exported
 from nanochat.vram_activations import (  # noqa: F401
-    OPTIMIZERS, PRECISIONS, _check, attention_saved_bytes, block_backward_bytes, layer_saved_bytes, loss_bytes,
-    mlp_saved_bytes, nonblock_saved_bytes, param_info, saved_activation_bytes)
+    OPTIMIZERS, PRECISIONS, _check, attention_saved_bytes, block_backward_bytes, checkpoint_kept_bytes,
+    layer_saved_bytes, loss_bytes, mlp_saved_bytes, nonblock_saved_bytes, param_info, saved_activation_bytes)
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -120,12 +122,12 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
     casts_blocks = 2 * info["block_matrices"] if low and not compile else 0
     casts_layer = 2 * info["layer_matrices"] if low and not compile else 0
     C = c.n_embd
-    block_ws, freed = block_backward_bytes(c, N, precision, compile, device_type)
+    block_ws, freed = block_backward_bytes(c, N, precision, compile, device_type, grad_checkpoint)
     # checkpointing: the block is recomputed; its ln_1 saves the block input, which is the
     # checkpoint's own kept input (counted once). (Compiled too: an MoE's nonzero() breaks the
     # graph, so its checkpointed block runs eagerly.)
     recomputed = layer - 4 * C * N + casts_layer
-    kept = c.n_layer * 4 * C * N if grad_checkpoint else c.n_layer * layer
+    kept = c.n_layer * (checkpoint_kept_bytes(c, N, device_type) if grad_checkpoint else layer)
     phases = {
         # the loss, at the end of forward: with checkpointing the blocks' activations were dropped,
         # but autocast's weight cache lives until the forward leaves autocast
@@ -133,7 +135,8 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
         # the loss's backward: its saved gradients and the scaled ones it returns
         "backward_loss": {"activations": kept + nonblock + (0 if grad_checkpoint else casts_blocks),
                           "logits": loss["backward"], "workspace": 0},
-        # the last block's backward (checkpointing: after recomputing it, with its weight casts)
+        # the last block's backward (checkpointing: its recomputed tensors, with its weight casts;
+        # a checkpointed MoE can peak as its recomputation ends: see block_backward_bytes)
         "backward_block": {"activations": kept + nonblock - freed + (recomputed if grad_checkpoint else casts_blocks),
                            "logits": 0, "workspace": block_ws},
         # the embedding's backward, last: a (V, C) fp32 gradient for wte from the (N, C) one

@@ -21,8 +21,9 @@ fp32); "low" = autocast on. Eager, under CUDA autocast (policy from ATen's autoc
     MLP on them and index_add_s its gated output: what it saves is per routed row, k*N rows in all
 device_type="cpu" describes CPU kernels under the same CUDA autocast policy, which is what
 tests/test_calculators.py checks against autograd: rms_norm is decomposed (it saves x*rstd when it
-has a weight), and attention whose value is wider than its keys (differential attention) runs
-the math kernel there (CPU flash attention wants one head dim), which keeps the score matrix.
+has a weight), attention whose value is wider than its keys (differential attention) runs
+the math kernel there (CPU flash attention wants one head dim), which keeps the score matrix, and
+the generator state that gradient checkpointing stashes is host memory, so it counts there only.
 """
 import math
 from dataclasses import asdict
@@ -34,6 +35,11 @@ from nanochat.gpt import GPT
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("muon", "adamw")
+# torch.utils.checkpoint (preserve_rng_state) stashes the CPU generator's state, a ByteTensor
+# (5056 bytes: the Mersenne twister), with every checkpointed block until its backward, and
+# recomputing a block stashes the current one for the while (fork_rng). Host memory: on CUDA the
+# device generator's state is a small CPU tensor too, so only a CPU device counts it.
+CPU_RNG_STATE_BYTES = torch.get_rng_state().numel()
 
 
 def _check(precision, optimizer=None, device_type="cuda"):
@@ -278,13 +284,19 @@ def loss_bytes(config, n_tokens, precision, device_type="cuda"):
             "fragmentation": fragmentation}
 
 
+def checkpoint_kept_bytes(config, n_tokens, device_type="cuda"):
+    """What a checkpointed block keeps from its forward for its backward: its fp32 input (which its
+    recomputed ln_1 saves again: counted once) and, on a CPU, the stashed generator state."""
+    return 4 * config.n_embd * n_tokens + (CPU_RNG_STATE_BYTES if device_type == "cpu" else 0)
+
+
 def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_checkpoint=False,
                            compile=False, device_type="cuda"):
     """
     Bytes held for backward right after the forward (what saved_tensors_hooks would see, minus
     parameters and buffers): blocks, the rest of the model, autocast's saved weight copies, and the
     gradients the fused loss keeps (grad_x, grad_W). With grad_checkpoint, only each block's
-    input is kept (the hooks do not see those, but memory does).
+    input (and on a CPU its generator state) is kept: the hooks do not see those, but memory does.
     """
     _check(precision, device_type=device_type)
     N = batch_size * seq_len
@@ -292,7 +304,7 @@ def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_c
     per_tok, per_seq = layer_saved_bytes(config, seq_len, precision, compile, device_type)
     low = precision != "fp32"
     if grad_checkpoint:
-        blocks = config.n_layer * 4 * config.n_embd * N
+        blocks = config.n_layer * checkpoint_kept_bytes(config, N, device_type)
     else:
         blocks = config.n_layer * (per_tok * N + per_seq)
     # the linears of the blocks save autocast's bf16 weight copies (the loss casts W for itself)
@@ -345,17 +357,40 @@ def _moe_backward_peak(config, n_tokens, precision, compile=False):
     return peak
 
 
-def block_backward_bytes(config, n_tokens, precision, compile=False, device_type="cuda"):
+def _moe_recomputation_end(config, n_tokens, device_type="cuda"):
+    """
+    What a checkpointed MoE block holds beyond its saved tensors at the end of its recomputation,
+    which backward runs when it first unpacks one of them (index_add_'s, of the last expert).
+    torch.utils.checkpoint stops recomputing once the last tensor the block saves is saved
+    again: the last expert's gated output, saved by its index_add_ (which then fills `out` in
+    place). All the block's saved tensors are alive again by then and beside them, freed when
+    it stops: the incoming fp32 gradient of the residual stream; the layer's fp32 output
+    accumulator `out` (nothing saves it: index_add_ keeps only its source and index) and the
+    renormalised gates (fp32, N*k: their division saves its inputs, not them); on a CPU, the
+    generator state stashed for the recomputation (and a few E-sized vectors of the aux loss,
+    left out). Balanced or not, the routing does not change it.
+    """
+    C, k, N = config.n_embd, config.moe_top_k, n_tokens
+    return 4 * C * N + 4 * C * N + 4 * k * N + (CPU_RNG_STATE_BYTES if device_type == "cpu" else 0)
+
+
+def block_backward_bytes(config, n_tokens, precision, compile=False, device_type="cuda", grad_checkpoint=False):
     """
     (workspace, freed) of the last block's backward at its peak: the temporaries alive beyond
-    the saved tensors, and the saved tensors already freed by then.
+    the saved tensors (with grad_checkpoint: the recomputed ones), and the saved tensors already
+    freed by then.
     Dense: the peak is in the MLP's product (r * r, or silu(gate) * fc): c_proj's backward has
     used and freed its saved input h and made grad_h, and the product's backward makes two more
     hidden-sized gradients before grad_h goes; alive beside them the incoming gradient of the
-    residual stream (fp32, plus its cast to the matmul dtype). MoE: _moe_backward_peak. Both:
-    ln_f's saved input is gone by then; with tied embeddings the loss's fp32 grad_W waits in
-    autograd's input buffer for the embedding's gradient, to the end of backward. (Checked on a
-    CPU against autograd; the dense block's weight gradients come and go before this point.)
+    residual stream (fp32, plus its cast to the matmul dtype). MoE: _moe_backward_peak, in the
+    first expert autograd walks (the last one); checkpointed, the end of the block's
+    recomputation when that is more (_moe_recomputation_end): the accumulator and gates alive
+    there (4*C*N + 4*k*N) outweigh what one expert's backward makes for its k*N/E rows unless the
+    experts are few and wide (the CPU check's "moe": 4 of hidden 2*C); for every MoE of the
+    registry at 16 x 1024 tokens it is the more. Both: ln_f's saved input is gone by then; with
+    tied embeddings the loss's fp32 grad_W waits in autograd's input buffer for the embedding's
+    gradient, to the end of backward. (Checked on a CPU against autograd; the dense block's
+    weight gradients come and go before this point.)
     """
     c = config
     C, M, N = c.n_embd, c.mlp_hidden, n_tokens
@@ -364,6 +399,9 @@ def block_backward_bytes(config, n_tokens, precision, compile=False, device_type
     tied = 4 * c.vocab_size * C if c.tie_embeddings else 0
     freed = (4 * C + 4) * N + (4 * C * N if device_type == "cpu" and c.norm_weight and not compile else 0)
     if c.moe_experts:
-        return int(_moe_backward_peak(c, N, precision, compile)) + tied, freed
+        workspace = _moe_backward_peak(c, N, precision, compile)
+        if grad_checkpoint:
+            workspace = max(workspace, _moe_recomputation_end(c, N, device_type))
+        return int(workspace) + tied, freed
     workspace = 3 * p * M * N + (4 + (2 if low else 0)) * C * N + tied
     return workspace, freed + (0 if compile else p * M * N)

@@ -552,8 +552,15 @@ def test_block_backward_peak_matches(name, precision, ckpt):
     without checkpointing: there ln_f's backward, which a CPU runs as a decomposed rms_norm with
     more temporaries than CUDA's fused kernel, peaks a few percent higher; for an MoE without
     checkpointing likewise, unless its experts are as wide as "moe 2 of 2".) An MoE's peak is in
-    its first expert's backward; with checkpointing in the first block's, which runs last and
-    finds what the others' recomputation left behind.
+    the backward of the first expert autograd walks (the last one). Checkpointed, unless its
+    experts are few and wide ("moe"), it is where a block's recomputation ends: the last expert's
+    gated output made, every tensor the block saves alive again, and beside them the layer's fp32
+    output accumulator and gates, not saved, and the generator state the recomputation stashed.
+    Each block's recomputation reaches it, to a few bytes: this loss leaves the aux loss out, and
+    its graph keeps every checkpoint (input and generator state) to the next forward, so the
+    first block, whose backward runs last, finds them all alive, as the last block does (what
+    the estimate models), and beside them only the E floats of f_e that each earlier
+    recomputation saved again for that graph.
     """
     cfg = small_config(name, vocab_size=64)
     model = seeded_model(cfg, ckpt)
