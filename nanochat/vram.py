@@ -24,9 +24,8 @@ The peak is found by walking the phases of a step and taking the largest:
   block backward  (recomputed) activations of one block + its backward temporaries (an MoE's
                   walked expert by expert; checkpointed, the end of its recomputation if more)
   embedding       the wte gradient at the end of backward
-  optimizer step  no activations; the optimizer's temporaries (train_steps leaves an MoE's aux loss
-                  out of backward, and its graph keeps the checkpointed blocks' inputs to the next
-                  forward: less than the loss's phase holds, so not counted)
+  optimizer step  no activations; the optimizer's temporaries (an MoE's aux loss goes into the
+                  backward, as the trainer does, so its graph holds nothing past it)
 
 What the forward keeps, op by op, for every attention (standard, differential) and MLP (dense,
 mixture of experts), is in nanochat/vram_activations.py. The saved-tensor accounting and the
@@ -233,8 +232,10 @@ def train_steps(config, batch_size, seq_len, precision="bf16", optimizer="muon",
     """
     The training that measure_memory() measures: `steps` optimizer steps (nanochat.optim) of
     `micro_steps` accumulated forward+backward passes on random tokens, autocast to `precision`
-    (GradScaler for fp16), zero_grad(set_to_none=True) after each step. Returns the last loss.
+    (GradScaler for fp16), zero_grad(set_to_none=True) after each step; an MoE's load-balancing
+    loss is added as the trainer adds it. Returns the last loss.
     """
+    from nanochat.mlp import moe_stats
     from nanochat.optim import build_optimizers
     device = torch.device(device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -252,6 +253,9 @@ def train_steps(config, batch_size, seq_len, precision="bf16", optimizer="muon",
         for _ in range(micro_steps):
             with autocast:
                 loss = run(x, y) / micro_steps
+                stats = moe_stats(model)
+                if stats is not None:
+                    loss = loss + 0.01 * stats[0] / micro_steps
             (scaler.scale(loss) if scaler else loss).backward()
             last = loss.item() * micro_steps
             del loss
