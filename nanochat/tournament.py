@@ -147,8 +147,8 @@ def round_table(state, round_index, ranked, keep):
     return "\n".join(lines)
 
 
-def write_round(folder, state, round_index, ranked, keep, header):
-    text = f"# Round {round_index}\n\n{header}\n\n{round_table(state, round_index, ranked, keep)}\n"
+def write_round(folder, state, round_index, ranked, keep, note):
+    text = f"# Round {round_index}\n\n{state.get('header', '')}\n\n{note}\n\n{round_table(state, round_index, ranked, keep)}\n"
     with open(os.path.join(folder, f"round_{round_index}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
@@ -159,8 +159,9 @@ def write_results(folder, state, n_rounds, winner_line):
     for r in range(1, n_rounds + 1):
         path = os.path.join(folder, f"round_{r}.md")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                parts.append(f.read().replace(f"# Round {r}", f"## Round {r}", 1))
+            with open(path, encoding="utf-8") as f:  # the header is said once, above
+                text = f.read().replace(f"# Round {r}", f"## Round {r}", 1).replace(state.get("header", "") + "\n\n", "", 1)
+            parts.append(text)
     parts.append(f"## Winner\n\n{winner_line}\n")
     with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
@@ -171,35 +172,42 @@ def write_results(folder, state, n_rounds, winner_line):
 
 def plot(folder, state, out, metrics_of):
     """
-    Each contestant's smoothed training loss against tokens, its held-out bpb at every round's end
-    as markers, round ends as dotted lines, and an x where it was eliminated. metrics_of(name) ->
-    its metrics rows. Raises ImportError without matplotlib.
+    Above: each contestant's smoothed training loss against tokens. Below: its held-out bpb at
+    every round's end as the gap to the best at that point (the differences that decide a
+    tournament are small next to the loss itself), an x where it was eliminated; round ends are
+    dotted lines. metrics_of(name) -> its metrics rows. Raises ImportError without matplotlib.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax_train, ax_val) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
-    round_ends = set()
-    for i, (name, c) in enumerate(state["contestants"].items()):
+    curves = {}
+    for name in state["contestants"]:
         rows = metrics_of(name)
         train = [(r["tokens"], r["smooth_loss"]) for r in rows if r.get("kind") == "train" and r.get("smooth_loss") is not None]
         val = [(r["tokens"], r["val_bpb"]) for r in rows if r.get("kind") == "eval" and r.get("val_bpb") is not None]
+        curves[name] = (train, val)
+    best = {}
+    for _, val in curves.values():
+        for t, v in val:
+            best[t] = min(v, best.get(t, v))
+    for i, (name, (train, val)) in enumerate(curves.items()):
         colour = f"C{i % 10}"
         if train:
             ax_train.plot(*zip(*train), color=colour, lw=1.2, label=name)
-        if val:
-            ax_val.plot(*zip(*val), color=colour, marker="o", lw=1.2, label=name)
-            round_ends.update(t for t, _ in val)
-        if c["status"] == "eliminated":
-            where = val[-1] if val else (train[-1] if train else None)
-            if where:
-                ax_val.plot(*where, marker="x", color="black", ms=10, mew=2)
-                ax_val.annotate(f"out r{c.get('eliminated_in')}", where, textcoords="offset points", xytext=(4, 4), fontsize=7)
-    for t in sorted(round_ends):
+        gaps = [(t, v - best[t]) for t, v in val]
+        if gaps:
+            ax_val.plot(*zip(*gaps), color=colour, marker="o", lw=1.2, label=name)
+        c = state["contestants"][name]
+        if c["status"] == "eliminated" and gaps:
+            ax_val.plot(*gaps[-1], marker="x", color="black", ms=10, mew=2)
+            ax_val.annotate(f"{name.split('_')[0]} out (r{c.get('eliminated_in')})", gaps[-1], textcoords="offset points",
+                            xytext=(5, 2), fontsize=7)
+    for t in sorted(best):
         for ax in (ax_train, ax_val):
             ax.axvline(t, color="grey", ls=":", lw=0.8)
     ax_train.set_ylabel("train loss (smoothed)")
-    ax_val.set_ylabel("held-out bpb")
+    ax_val.set_ylabel("held-out bpb - the best at that point")
     ax_val.set_xlabel("training tokens")
     ax_train.legend(fontsize=7, ncol=2)
     ax_train.set_title(f"tournament {state['settings']['name']}: x = eliminated")

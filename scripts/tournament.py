@@ -245,7 +245,7 @@ for r, (round_steps_nominal, keep) in enumerate(rounds, 1):
         if i >= keep:
             eliminate(name, r, f"ranked {i + 1} of {len(ranked)} in round {r}")
     took = sum(x["wall_time"] for n in names for x in state["contestants"][n]["results"] if x["round"] == r)
-    text = tour.write_round(folder, state, r, ranked, keep, f"{state['header']}\n\nContestants' time this round: {took / 60:.1f} min.")
+    text = tour.write_round(folder, state, r, ranked, keep, f"Contestants' time this round: {took / 60:.1f} min.")
     state["rounds_done"] = r
     tour.save_state(folder, state)
     print0("\n" + text)
