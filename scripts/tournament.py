@@ -41,7 +41,7 @@ from nanochat.tokenizer import get_token_bytes, get_tokenizer
 from nanochat.trainer import Trainer, add_training_args, default_loss, lr_multiplier
 from nanochat import tournament as tour
 from nanochat.variants import VARIANTS, resolve, variant_config
-from nanochat.vram import estimate_memory, precision_name
+from nanochat.vram import estimate_memory, fits, precision_name
 
 # -----------------------------------------------------------------------------
 # settings
@@ -138,10 +138,13 @@ def memory_reason(name):
     """Why a contestant cannot fit the card by the memory estimate (None when it fits or there is no card to fit)."""
     if gpu_bytes is None:
         return None
-    est = estimate_memory(configs[name], B, T, precision_name(dtype), args.optimizer, args.grad_checkpoint, args.compile)["reserved"]
-    if est <= gpu_bytes:
+    # the calculator's own test (nanochat.vram.fits): the total with the CUDA context, and a margin to spare
+    precision = precision_name(dtype)
+    if fits(configs[name], B, T, precision, args.optimizer, args.grad_checkpoint, args.compile, gpu_bytes):
         return None
-    return f"memory estimate {est / 2**30:.1f} GiB exceeds the card's {gpu_bytes / 2**30:.1f} GiB at batch {B} x {T}"
+    est = estimate_memory(configs[name], B, T, precision, args.optimizer, args.grad_checkpoint, args.compile)["total"]
+    return (f"memory estimate {est / 2**30:.1f} GiB (with the CUDA context) does not fit the card's "
+            f"{gpu_bytes / 2**30:.1f} GiB at batch {B} x {T}")
 
 
 def eliminate(name, round_index, reason):
