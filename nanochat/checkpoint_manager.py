@@ -4,13 +4,19 @@ $NANOCHAT_BASE_DIR/{base,mid,chatsft,chatrl,curriculum}_checkpoints/<model_tag>/
     model_<step:06d>.pt   the model's state dict
     optim_<step:06d>.pt   the optimizers' state dicts (for --resume)
     meta_<step:06d>.json  model_config, training settings, loop and dataloader state
-Each file is written to a temporary name and renamed, and meta is written last, so a checkpoint
-whose meta exists is complete even if the run died while saving.
+Each file is written to a temporary name, fsynced, renamed, and the folder fsynced after the
+rename; meta is written last. So a checkpoint whose meta exists is complete even after a kill or a
+power loss while saving, and no file under a final name is ever partial. The space a checkpoint
+needs is checked before anything is written: a full disk is a one-line UserError that says how
+much was needed, and the previous checkpoint is untouched. keep_last removes older checkpoints only
+after the new one is complete.
 """
+import errno
 import glob
 import json
 import os
 import re
+import shutil
 
 import torch
 
@@ -27,22 +33,92 @@ def get_checkpoints_dir(source):
     return os.path.join(get_base_dir(), PHASE_DIRS[source])
 
 
-def _atomic_torch_save(obj, path):
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write):
+    """write(file) into path.tmp, fsync it, rename it to path, fsync the folder (the rename is durable)."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path) or ".")
 
 
-def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data):
-    """Write one checkpoint (call on rank 0 only: under DDP the states are the same on every rank)."""
+def _atomic_torch_save(obj, path):
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _tensor_bytes(obj):
+    """Bytes of the tensors in a (nested) state dict: about what torch.save writes."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _disk_full(checkpoint_dir, needed):
+    free = shutil.disk_usage(checkpoint_dir).free
+    return UserError(f"not enough disk space for a checkpoint in {checkpoint_dir}: it needs about {needed / 2**20:,.0f} MiB, "
+                     f"{free / 2**20:,.0f} MiB are free (free some space, or use --keep_last); the previous checkpoint is intact")
+
+
+def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data, keep_last=0):
+    """
+    Write one checkpoint (call on rank 0 only: under DDP the states are the same on every rank);
+    keep_last > 0 then removes all but the newest keep_last checkpoints. Raises UserError when the
+    disk cannot hold it.
+    """
     os.makedirs(checkpoint_dir, exist_ok=True)
-    if optimizer_data is not None:
-        _atomic_torch_save(optimizer_data, os.path.join(checkpoint_dir, f"optim_{step:06d}.pt"))
-    _atomic_torch_save(model_data, os.path.join(checkpoint_dir, f"model_{step:06d}.pt"))
+    needed = int(1.05 * (_tensor_bytes(model_data) + _tensor_bytes(optimizer_data))) + (1 << 20)
+    if shutil.disk_usage(checkpoint_dir).free < needed:
+        raise _disk_full(checkpoint_dir, needed)
     meta_path = os.path.join(checkpoint_dir, f"meta_{step:06d}.json")
-    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(meta_data, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
+    try:
+        if optimizer_data is not None:
+            _atomic_torch_save(optimizer_data, os.path.join(checkpoint_dir, f"optim_{step:06d}.pt"))
+        _atomic_torch_save(model_data, os.path.join(checkpoint_dir, f"model_{step:06d}.pt"))
+        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta_data, indent=2).encode("utf-8")))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(checkpoint_dir, needed) from None
+        raise
+    if keep_last > 0:
+        remove_old_checkpoints(checkpoint_dir, keep_last)
+
+
+def checkpoint_steps(checkpoint_dir):
+    """The steps of the complete checkpoints (model and meta present), oldest first."""
+    steps = []
+    for path in glob.glob(os.path.join(checkpoint_dir, "model_*.pt")):
+        m = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
+        if m and os.path.exists(os.path.join(checkpoint_dir, f"meta_{m.group(1)}.json")):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def remove_old_checkpoints(checkpoint_dir, keep_last):
+    """Remove all but the newest keep_last complete checkpoints: meta first, so a half-removed one is never taken for complete."""
+    for step in checkpoint_steps(checkpoint_dir)[:-keep_last]:
+        for name in (f"meta_{step:06d}.json", f"model_{step:06d}.pt", f"optim_{step:06d}.pt"):
+            path = os.path.join(checkpoint_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def _load_file(path, device):
@@ -73,14 +149,10 @@ def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False):
 
 def find_last_step(checkpoint_dir):
     """The highest step that has both a model file and its meta."""
-    steps = []
-    for path in glob.glob(os.path.join(checkpoint_dir, "model_*.pt")):
-        m = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
-        if m and os.path.exists(os.path.join(checkpoint_dir, f"meta_{m.group(1)}.json")):
-            steps.append(int(m.group(1)))
+    steps = checkpoint_steps(checkpoint_dir)
     if not steps:
         raise UserError(f"no checkpoints in {checkpoint_dir}")
-    return max(steps)
+    return steps[-1]
 
 
 def find_model_tag(checkpoints_dir):

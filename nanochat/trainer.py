@@ -31,12 +31,13 @@ the loss_fn; the logged loss stays the loss_fn's, with moe_aux and the expert lo
 """
 import argparse
 import math
+import re
 import time
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import (UserError, autocast_ctx, compute_cleanup, get_dist_info, get_max_memory, get_peak_flops,
+from nanochat.common import (UserError, autocast_ctx, compute_cleanup, die, get_dist_info, get_max_memory, get_peak_flops,
                              init_wandb, print0, str2bool, synchronize, wrap_ddp)
 from nanochat.checkpoint_manager import find_last_step, load_checkpoint, save_checkpoint
 from nanochat.metrics import RunLog
@@ -49,7 +50,7 @@ TRAIN_DEFAULTS = dict(
     optimizer="muon", embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.004, adamw_lr=0.001,
     init_lr_frac=1.0, layer_lr="", weight_decay=0.0, grad_clip=1.0,
     warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0, lr_decay="linear",
-    grad_checkpoint=False, compile=False, eval_every=250, sample_every=0, save_every=-1, log_every=0,
+    grad_checkpoint=False, compile=False, eval_every=250, sample_every=0, save_every="-1", keep_last=0, log_every=0,
     resume="no", seed=42, moe_aux_weight=0.01,
 )
 # flags whose values a resumed run takes from the command line, not from the checkpoint (said when they differ)
@@ -62,6 +63,27 @@ def _resume_mode(value):
     if value not in ("no", "yes", "auto"):
         raise argparse.ArgumentTypeError(f"expected nothing, 'auto' or 'no', got {value!r}")
     return value
+
+
+def save_every_value(value):
+    """--save_every: N steps (-1: only at the end), or a time: '30m', '2h', '90s' -> (steps, seconds), one of them 0."""
+    text = str(value).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh])", text)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+        if seconds <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive time, got {value!r}")
+        return 0, seconds
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or a time such as 30m, 2h, 90s; got {value!r}") from None
+    return max(steps, 0), 0.0
+
+
+def _save_every_arg(value):
+    save_every_value(value)  # checked here, read with save_every_value where it is used
+    return str(value)
 
 
 def add_training_args(parser, **defaults):
@@ -97,7 +119,10 @@ def add_training_args(parser, **defaults):
     g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=d["compile"], help="torch.compile the model")
     g.add_argument("--eval_every", type=int, default=d["eval_every"], help="evaluate every N steps (0 = only at the end)")
     g.add_argument("--sample_every", type=int, default=d["sample_every"], help="print samples every N steps (0 = only at the end)")
-    g.add_argument("--save_every", type=int, default=d["save_every"], help="checkpoint every N steps (-1 = only at the end)")
+    g.add_argument("--save_every", type=_save_every_arg, default=str(d["save_every"]),
+                   help="checkpoint every N steps, or by the clock: 30m, 2h, 90s (-1 = only at the end)")
+    g.add_argument("--keep_last", type=int, default=d["keep_last"],
+                   help="keep only the newest N checkpoints (older ones go once a newer one is complete; 0 = keep all)")
     g.add_argument("--log_every", type=int, default=d["log_every"],
                    help="print loss and speed every N steps (0: 10 on CUDA, 1 elsewhere); reading the loss waits for the GPU")
     g.add_argument("--resume", type=_resume_mode, nargs="?", const="yes", default=d["resume"], metavar="auto",
@@ -281,8 +306,12 @@ class Trainer:
             "device_batch_size": self.B, "max_seq_len": self.T, "total_batch_size": self.tokens_per_step,
             "num_iterations": self.planned_iterations, **run_meta, "dataloader_state": states, "loop_state": loop,
         }
-        save_checkpoint(self.checkpoint_dir, self.step, self.orig_model.state_dict(),
-                        [opt.state_dict() for opt in self.optimizers], meta)
+        try:
+            save_checkpoint(self.checkpoint_dir, self.step, self.orig_model.state_dict(),
+                            [opt.state_dict() for opt in self.optimizers], meta, keep_last=self.args.keep_last)
+        except UserError as e:  # a full disk: say so in one line; the previous checkpoint is intact
+            die(str(e))
+        self._last_save = time.monotonic()
         print0(f"saved checkpoint {self.checkpoint_dir} step {self.step}")
 
     # -------------------------------------------------------------------------
@@ -384,6 +413,7 @@ class Trainer:
         wandb_run = init_wandb(args.run, self.wandb_project, self.user_config, self.master)
         self.set_batches(batches)
         self.snapshot = (self._loop_state(), self._pending_state)
+        self._last_save = time.monotonic()  # a time-based --save_every counts from the start of the run
         synchronize(self.device_type)
         self._window = [time.perf_counter(), 0]  # start of the timing window, steps in it
         lrm = schedule(start)
@@ -393,7 +423,7 @@ class Trainer:
                 last = step >= num_iterations or self._out_of_data(finite)
                 # eval and sample rows belong to the phase of the last step trained
                 phase = phase_fn(step - 1 if step > start else step) if phase_fn else None
-                do_save = last or (args.save_every > 0 and step > start and step % args.save_every == 0)
+                do_save = last or (step > start and self._save_due(step, log_every))
                 do_eval = evaluate is not None and (last or (args.eval_every > 0 and step % args.eval_every == 0)
                                                     or (eval_at_start and step == start))
                 do_sample = sample is not None and self.master and (
@@ -435,6 +465,19 @@ class Trainer:
             raise SystemExit(130)
         wandb_run.finish()
         return self.summary()
+
+    def _save_due(self, step, log_every):
+        """--save_every: every N steps, or (a time) once that long has passed since the last save, checked
+        at logging steps (rank 0's clock decides, so under DDP every rank saves at the same step)."""
+        steps, seconds = save_every_value(self.args.save_every)
+        if steps:
+            return step % steps == 0
+        if not seconds or step % log_every:
+            return False
+        due = torch.tensor(int(time.monotonic() - self._last_save >= seconds), device=self.device)
+        if self.ddp:
+            dist.broadcast(due, src=0)
+        return bool(due.item())
 
     def summary(self):
         return {"step": self.step, "val": dict(self.val), "first_val": self.first_val, "min_val": self.min_val,
