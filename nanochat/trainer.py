@@ -1,7 +1,8 @@
 """
 The training loop. Pretraining (scripts/base_train.py), mid-training and SFT (scripts/mid_train.py,
 scripts/chat_sft.py) and curriculum training (scripts/curriculum_train.py) all train through
-Trainer.run; a script brings the model, the batches, and what to evaluate and sample.
+Trainer.run; a script brings the model, the batches, and what to evaluate and sample. The flags
+they share, the schedule and the batch plan are in nanochat.train_settings.
 
     trainer = Trainer(model, args, device, dtype, B, T, grad_accum_steps, checkpoint_dir)
     meta = trainer.resume()          # None for a fresh start; else meta["dataloader_state"] etc.
@@ -30,139 +31,34 @@ A model with MoE layers trains on loss + --moe_aux_weight x their load-balancing
 the loss_fn; the logged loss stays the loss_fn's, with moe_aux and the expert loads beside it.
 """
 import argparse
-import math
-import re
+import os
 import time
 
 import torch
 import torch.distributed as dist
 
 from nanochat.common import (UserError, autocast_ctx, compute_cleanup, die, get_dist_info, get_max_memory, get_peak_flops,
-                             init_wandb, print0, str2bool, synchronize, wrap_ddp)
+                             init_wandb, print0, synchronize, wrap_ddp)
 from nanochat.checkpoint_manager import find_last_step, load_checkpoint, save_checkpoint
 from nanochat.metrics import RunLog
 from nanochat.mlp import moe_layers, moe_stats
 from nanochat.optim import build_optimizers, describe_optimizers, muon_momentum, parse_layer_lr, step_optimizers
+from nanochat.train_settings import LR_FLAGS, TRAIN_DEFAULTS, lr_multiplier, save_every_value
 
-# The settings every training script shares; a script changes defaults with add_training_args(**defaults).
-TRAIN_DEFAULTS = dict(
-    run="dummy", precision="auto", device_batch_size="32", total_batch_size=-1, num_iterations=-1,
-    optimizer="muon", embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.004, adamw_lr=0.001,
-    init_lr_frac=1.0, layer_lr="", weight_decay=0.0, grad_clip=1.0,
-    warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0, lr_decay="linear",
-    grad_checkpoint=False, compile=False, eval_every=250, sample_every=0, save_every="-1", keep_last=0, log_every=0,
-    resume="no", seed=42, moe_aux_weight=0.01,
-)
-# flags whose values a resumed run takes from the command line, not from the checkpoint (said when they differ)
-LR_FLAGS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "adamw_lr", "init_lr_frac", "layer_lr",
-            "weight_decay", "warmup_ratio", "warmdown_ratio", "final_lr_frac", "lr_decay", "grad_clip", "moe_aux_weight")
+OOM_STEPS = 10  # an out-of-memory error in this many first steps of a run halves the micro-batch
 
 
-def _resume_mode(value):
-    value = {"": "yes", "1": "yes", "true": "yes", "0": "no", "false": "no"}.get(value.lower(), value.lower())
-    if value not in ("no", "yes", "auto"):
-        raise argparse.ArgumentTypeError(f"expected nothing, 'auto' or 'no', got {value!r}")
-    return value
-
-
-def save_every_value(value):
-    """--save_every: N steps (-1: only at the end), or a time: '30m', '2h', '90s' -> (steps, seconds), one of them 0."""
-    text = str(value).strip().lower()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh])", text)
-    if m:
-        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
-        if seconds <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive time, got {value!r}")
-        return 0, seconds
-    try:
-        steps = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of steps or a time such as 30m, 2h, 90s; got {value!r}") from None
-    return max(steps, 0), 0.0
-
-
-def _save_every_arg(value):
-    save_every_value(value)  # checked here, read with save_every_value where it is used
-    return str(value)
-
-
-def add_training_args(parser, **defaults):
-    """The flags of the shared loop (batch, optimizer, schedule, cadence, resume), with per-script defaults."""
-    d = {**TRAIN_DEFAULTS, **defaults}
-    g = parser.add_argument_group("training (shared by every training script)")
-    g.add_argument("--run", type=str, default=d["run"], help="wandb run name ('dummy' = no wandb)")
-    g.add_argument("--precision", type=str, default=d["precision"], choices=["auto", "bf16", "fp16", "fp32"],
-                   help="autocast dtype (auto: bf16 on CUDA where supported, else fp16 with GradScaler; fp32 on CPU)")
-    g.add_argument("--num_iterations", type=int, default=d["num_iterations"], help="optimizer steps (-1: derived; see the script's help)")
-    g.add_argument("--device_batch_size", type=str, default=d["device_batch_size"],
-                   help="rows per device per micro-step, or 'auto' (the largest that fits)")
-    g.add_argument("--total_batch_size", type=int, default=d["total_batch_size"],
-                   help="tokens per optimizer step; gradient accumulation is derived (-1: one micro-step per device)")
-    g.add_argument("--optimizer", type=str, default=d["optimizer"], choices=["muon", "adamw"], help="muon (Muon+AdamW) or adamw")
-    g.add_argument("--embedding_lr", type=float, default=d["embedding_lr"], help="AdamW lr of the token embedding")
-    g.add_argument("--unembedding_lr", type=float, default=d["unembedding_lr"], help="AdamW lr of the lm_head")
-    g.add_argument("--matrix_lr", type=float, default=d["matrix_lr"], help="Muon lr of the block matrices")
-    g.add_argument("--scalar_lr", type=float, default=d["scalar_lr"], help="AdamW lr of norm weights")
-    g.add_argument("--adamw_lr", type=float, default=d["adamw_lr"], help="lr of the block matrices with --optimizer adamw")
-    g.add_argument("--init_lr_frac", type=float, default=d["init_lr_frac"], help=f"all learning rates times this (default {d['init_lr_frac']})")
-    g.add_argument("--layer_lr", type=str, default=d["layer_lr"],
-                   help="per-layer lr multipliers, blocks counted from 0: '7-12:0.2' (layers 7 to 12 at 0.2x), '0:0.5,7-12:0.2'")
-    g.add_argument("--weight_decay", type=float, default=d["weight_decay"])
-    g.add_argument("--grad_clip", type=float, default=d["grad_clip"], help="clip the gradient norm (0 = off)")
-    g.add_argument("--warmup_ratio", type=float, default=d["warmup_ratio"], help="fraction of the steps of linear LR warmup")
-    g.add_argument("--warmdown_ratio", type=float, default=d["warmdown_ratio"], help="fraction of the steps of LR decay at the end")
-    g.add_argument("--final_lr_frac", type=float, default=d["final_lr_frac"], help="LR at the end as a fraction of the peak")
-    g.add_argument("--lr_decay", type=str, default=d["lr_decay"], choices=["linear", "cosine", "constant"],
-                   help="shape of the warmdown: linear, cosine, or constant (no decay)")
-    g.add_argument("--grad_checkpoint", type=str2bool, nargs="?", const=True, default=d["grad_checkpoint"],
-                   help="recompute activations in backward (less memory, ~30%% slower)")
-    g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=d["compile"], help="torch.compile the model")
-    g.add_argument("--eval_every", type=int, default=d["eval_every"], help="evaluate every N steps (0 = only at the end)")
-    g.add_argument("--sample_every", type=int, default=d["sample_every"], help="print samples every N steps (0 = only at the end)")
-    g.add_argument("--save_every", type=_save_every_arg, default=str(d["save_every"]),
-                   help="checkpoint every N steps, or by the clock: 30m, 2h, 90s (-1 = only at the end)")
-    g.add_argument("--keep_last", type=int, default=d["keep_last"],
-                   help="keep only the newest N checkpoints (older ones go once a newer one is complete; 0 = keep all)")
-    g.add_argument("--log_every", type=int, default=d["log_every"],
-                   help="print loss and speed every N steps (0: 10 on CUDA, 1 elsewhere); reading the loss waits for the GPU")
-    g.add_argument("--resume", type=_resume_mode, nargs="?", const="yes", default=d["resume"], metavar="auto",
-                   help="continue from the latest checkpoint of the output folder; '--resume auto': if there is one, else start fresh")
-    g.add_argument("--seed", type=int, default=d["seed"])
-    g.add_argument("--moe_aux_weight", type=float, default=d["moe_aux_weight"],
-                   help="with MoE layers: weight of the load-balancing loss added to the training loss (default 0.01)")
-    return g
-
-
-def lr_multiplier(step, num_steps, warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0, decay="linear"):
-    """
-    The learning-rate multiplier of step (0-based) of num_steps: linear warmup over the first
-    warmup_ratio of the steps, constant, then over the last warmdown_ratio a linear or half-cosine
-    decay towards final_lr_frac ("constant": none). Warmup and warmdown are whole steps.
-    """
-    warmup, warmdown = round(warmup_ratio * num_steps), round(warmdown_ratio * num_steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    if decay == "constant" or step <= num_steps - warmdown:
-        return 1.0
-    progress = (num_steps - step) / warmdown  # 1 where the warmdown starts, 1/warmdown at the last step
-    if decay == "cosine":
-        progress = 0.5 * (1 - math.cos(math.pi * progress))
-    return progress + (1 - progress) * final_lr_frac
-
-
-def plan_batches(args, config, T, dtype, device, world_size):
-    """
-    --device_batch_size (a number, or 'auto': the largest the memory estimate says fits) and the
-    gradient accumulation that --total_batch_size asks for: (B, tokens per step, accumulation
-    steps), printed once. Raises UserError with one line when the numbers cannot work.
-    """
-    from nanochat.vram import resolve_batch_plan
-    B, total, accum = resolve_batch_plan(args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer,
-                                         args.grad_checkpoint, args.compile, device, world_size)
-    if args.device_batch_size == "auto":
-        print0(f"--device_batch_size auto: {B}")
-    print0(f"tokens per step: {total:,} = {B} x {T} x {world_size} ranks x {accum} accumulation steps")
-    return B, total, accum
+def split_batch(batch, parts):
+    """A batch (a tuple of tensors of the same rows, and other values) as `parts` batches of fewer rows."""
+    if parts == 1:
+        return [batch]
+    rows = next(t.size(0) for t in batch if torch.is_tensor(t))
+    pieces = [[] for _ in range(parts)]
+    for item in batch:
+        chunks = item.split(rows // parts) if torch.is_tensor(item) and item.size(0) == rows else [item] * parts
+        for piece, chunk in zip(pieces, chunks):
+            piece.append(chunk)
+    return [tuple(p) for p in pieces]
 
 
 def default_loss(model, x, y):
@@ -214,6 +110,8 @@ class Trainer:
         self.in_update = False
         self.extras = {}
         self.has_moe = bool(moe_layers(model))
+        self.split = 1  # pieces each batch is cut into (more after an out-of-memory error)
+        self.nonfinite, self.nonfinite_in_row = 0, 0
 
     def describe(self):
         """The optimizer groups with their learning rates (printed at start-up)."""
@@ -350,17 +248,42 @@ class Trainer:
         return out
 
     def train_step(self, lrm=1.0):
-        """grad_accum_steps micro-steps and one update at lrm x the initial rates; returns the step's mean loss (on the device)."""
+        """
+        grad_accum_steps micro-steps and one update at lrm x the initial rates; returns the step's
+        mean loss (on the device). Out of memory in a run's first steps: the micro-batch is halved
+        and the accumulation doubled (the same rows, so the same tokens per step) and the step
+        retried. A non-finite gradient (--skip_nonfinite): the update is skipped and counted.
+        """
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lrm
                 if "momentum" in group:
                     group["momentum"] = muon_momentum(self.step)
-        accum, total, real = self.grad_accum_steps, None, 0
-        for micro_step in range(accum):
-            batch, weight = self._next_batch()
+        drawn = [self._next_batch() for _ in range(self.grad_accum_steps)]
+        while True:
+            try:
+                total, real = self._accumulate(drawn)
+                break
+            except torch.cuda.OutOfMemoryError as e:
+                self._halve_micro_batch(e)
+        self.in_update = True
+        if self._update_is_finite():
+            step_optimizers(self.optimizers, self.orig_model.parameters(), self.scaler, self.args.grad_clip)
+        self.step += 1
+        step_loss = total / real if real > 1 else total
+        self.smooth_loss.mul_(0.9).add_(step_loss, alpha=0.1)  # on the device: no wait
+        self.last_loss = step_loss
+        self.snapshot = (self._loop_state(), self._pending_state)
+        self.in_update = False
+        return step_loss
+
+    def _accumulate(self, drawn):
+        """Forward and backward of the step's batches, each in self.split pieces; returns (summed loss, real micro-steps)."""
+        pieces = [(part, weight) for batch, weight in drawn for part in split_batch(batch, self.split)]
+        total, real = None, 0
+        for i, (batch, weight) in enumerate(pieces):
             if self.ddp:  # all-reduce the gradients only on the last micro-step
-                self.model.require_backward_grad_sync = micro_step == accum - 1
+                self.model.require_backward_grad_sync = i == len(pieces) - 1
             with self.autocast:
                 out = self.loss_fn(self.model, *batch)
             loss, extras = out if isinstance(out, tuple) else (out, None)
@@ -369,22 +292,53 @@ class Trainer:
                 aux, load = moe_stats(self.orig_model)
                 objective = loss + self.args.moe_aux_weight * aux
                 extras = {**(extras or {}), "moe_aux": aux.detach(), "load_min": load.min(), "load_max": load.max()}
-            scaled = objective / accum if weight else objective * 0.0  # a repeat only keeps the ranks in step
+            scaled = objective / len(pieces) if weight else objective * 0.0  # a repeat only keeps the ranks in step
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             if weight:
                 total = loss.detach() if total is None else total + loss.detach()
                 real += 1
                 if extras:
                     self.extras = {k: v.detach() if torch.is_tensor(v) else v for k, v in extras.items()}
-        self.in_update = True
-        step_optimizers(self.optimizers, self.orig_model.parameters(), self.scaler, self.args.grad_clip)
-        self.step += 1
-        step_loss = total / real if real > 1 else total
-        self.smooth_loss.mul_(0.9).add_(step_loss, alpha=0.1)  # on the device: no wait
-        self.last_loss = step_loss
-        self.snapshot = (self._loop_state(), self._pending_state)
-        self.in_update = False
-        return step_loss
+        return total, real
+
+    def _halve_micro_batch(self, error):
+        """Out of memory: in the first OOM_STEPS steps of a run, split every batch in two more pieces; else re-raise."""
+        rows = self.B // self.split
+        if self.step - self.first_step >= OOM_STEPS or rows < 2 or self.B % (self.split * 2):
+            raise error
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
+        self.split *= 2
+        print0(f"out of memory at {rows} rows per micro-step (step {self.step + 1}): retrying with {rows // 2} rows and "
+               f"{self.grad_accum_steps * self.split} accumulation steps, the same {self.tokens_per_step:,} tokens per step "
+               f"(next time: --device_batch_size {rows // 2})")
+
+    def _update_is_finite(self):
+        """
+        --skip_nonfinite: whether the gradients are finite (a non-finite loss makes them so too); if not,
+        drop them, count it, and stop after --max_nonfinite in a row. Under fp16 the GradScaler skips such
+        steps itself. This reads one number from the device per step.
+        """
+        if not self.args.skip_nonfinite or self.scaler is not None:
+            return True
+        grads = [p.grad for p in self.orig_model.parameters() if p.grad is not None]
+        if grads and torch.isfinite(torch.nn.utils.get_total_norm(grads)).item():
+            self.nonfinite_in_row = 0
+            return True
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.nonfinite += 1
+        self.nonfinite_in_row += 1
+        print0(f"step {self.step + 1}: non-finite gradient: update skipped ({self.nonfinite_in_row} in a row, {self.nonfinite} in all)")
+        if self.nonfinite_in_row >= self.args.max_nonfinite:
+            last = find_last_step(self.checkpoint_dir) if self.checkpoint_dir and os.path.isdir(self.checkpoint_dir) else None
+            where = (f"the last good checkpoint is step {last} in {self.checkpoint_dir}: --resume continues from it"
+                     if last is not None else "there is no checkpoint yet")
+            die(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient (up to step {self.step + 1}): "
+                f"stopping; {where} (a lower learning rate, or --precision fp32, may help)")
+        return False
 
     # -------------------------------------------------------------------------
     # the loop

@@ -22,7 +22,8 @@ from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_tokenizer, get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.trainer import Trainer, add_training_args, plan_batches
+from nanochat.train_settings import add_training_args, plan_batches
+from nanochat.trainer import Trainer
 
 # -----------------------------------------------------------------------------
 # settings

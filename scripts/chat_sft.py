@@ -21,7 +21,8 @@ from nanochat.common import ArgumentParser, add_device_args, compute_init, compu
 from nanochat.checkpoint_manager import get_checkpoints_dir
 from nanochat.chat_data import (PHASES, add_chat_args, start_model, chat_mixtures, ConversationBatches, count_steps,
                                 chat_loss, evaluate_loss, sample_replies)
-from nanochat.trainer import Trainer, add_training_args, plan_batches
+from nanochat.train_settings import add_training_args, plan_batches
+from nanochat.trainer import Trainer
 
 PHASE = globals().get("PHASE", "sft")  # scripts/mid_train.py sets "mid"
 NAME = {"mid": "mid-training", "sft": "SFT"}[PHASE]

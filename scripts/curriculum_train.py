@@ -25,7 +25,8 @@ from nanochat.exercises import generate, render_text
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.streams import MixedBatches, ExerciseTokens, shard_source, personal_source, source_states, shares
 from nanochat.tokenizer import get_token_bytes
-from nanochat.trainer import Trainer, add_training_args, plan_batches
+from nanochat.train_settings import add_training_args, plan_batches
+from nanochat.trainer import Trainer
 
 # -----------------------------------------------------------------------------
 # settings

@@ -38,7 +38,8 @@ from nanochat.gpt import GPT, build_model
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.metrics import METRICS_FILE, read_rows
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.trainer import Trainer, add_training_args, default_loss, lr_multiplier
+from nanochat.train_settings import add_training_args, lr_multiplier
+from nanochat.trainer import Trainer, default_loss
 from nanochat import tournament as tour
 from nanochat.variants import VARIANTS, resolve, variant_config
 from nanochat.vram import estimate_memory, fits, precision_name

@@ -10,7 +10,8 @@ import torch
 
 from nanochat import checkpoint_manager as cm
 from nanochat.common import UserError
-from nanochat.trainer import Trainer, save_every_value
+from nanochat.train_settings import save_every_value
+from nanochat.trainer import Trainer
 from test_trainer import Batches, random_batches, settings, tiny_model
 
 

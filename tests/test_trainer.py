@@ -18,7 +18,8 @@ import torch
 import torch.multiprocessing as mp
 
 from nanochat.gpt import GPTConfig, build_model
-from nanochat.trainer import Trainer, lr_multiplier, TRAIN_DEFAULTS
+from nanochat.train_settings import TRAIN_DEFAULTS, lr_multiplier
+from nanochat.trainer import Trainer
 from nanochat.metrics import read_rows
 from helpers import ROOT, run_script, step_losses, smooth_losses
 
@@ -92,11 +93,18 @@ def test_a_step_does_not_wait_for_the_device(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy)
     for loss_fn in (None, chat_loss):
         model = tiny_model()
-        trainer = Trainer(model, settings(), "cpu", torch.float32, 2, 32, 3, **({"loss_fn": loss_fn} if loss_fn else {}))
+        trainer = Trainer(model, settings(skip_nonfinite=False), "cpu", torch.float32, 2, 32, 3,
+                          **({"loss_fn": loss_fn} if loss_fn else {}))
         trainer.set_batches(Batches(random_batches(7)))
         for _ in range(2):
             trainer.train_step(0.5)
     assert calls == []
+    # --skip_nonfinite (the default) reads one number per step: whether the gradient is finite
+    trainer = Trainer(tiny_model(), settings(), "cpu", torch.float32, 2, 32, 3)
+    trainer.set_batches(Batches(random_batches(7)))
+    for _ in range(2):
+        trainer.train_step(0.5)
+    assert [name for name, caller in calls] == ["item", "item"] and all(c.endswith("trainer.py") for _, c in calls)
 
 
 def test_schedule_reaches_every_group_and_layer_rates_the_right_parameters():
@@ -305,3 +313,63 @@ def test_runlog_on_resume_keeps_each_row_once(tmp_path):
     assert [r["completion"] for r in read_rows(str(tmp_path / "samples.jsonl"))] == ["c"]
     RunLog(str(tmp_path))  # a fresh run starts fresh files
     assert read_rows(str(tmp_path / "metrics.jsonl")) == []
+
+
+# -----------------------------------------------------------------------------
+# bad numbers and memory at run time
+
+def test_a_non_finite_step_is_skipped_and_too_many_in_a_row_stop_the_run(tmp_path, capsys):
+    from nanochat.trainer import default_loss
+    poisoned = set()
+
+    def loss_fn(model, x, y):
+        loss = default_loss(model, x, y)
+        return loss * float("nan") if trainer.step + 1 in poisoned else loss
+    trainer = Trainer(tiny_model(), settings(), "cpu", torch.float32, 2, 32, 1, str(tmp_path), loss_fn=loss_fn)
+    trainer.set_batches(Batches(random_batches(20)))
+    trainer.train_step()
+    trainer.save(trainer.data_state())  # a good checkpoint at step 1
+    before = {k: v.clone() for k, v in trainer.orig_model.state_dict().items()}
+    poisoned.add(2)
+    trainer.train_step()  # step 2: NaN loss -> NaN gradients -> no update
+    assert all(torch.equal(before[k], v) for k, v in trainer.orig_model.state_dict().items())
+    assert trainer.step == 2 and trainer.nonfinite == 1
+    trainer.train_step()  # step 3 is fine again: an update, the run in a row is reset
+    assert not all(torch.equal(before[k], v) for k, v in trainer.orig_model.state_dict().items())
+    assert trainer.nonfinite_in_row == 0
+    poisoned.update({4, 5, 6})
+    trainer.train_step()
+    trainer.train_step()
+    with pytest.raises(SystemExit):
+        trainer.train_step()  # the third in a row
+    err = capsys.readouterr().err
+    assert "3 steps in a row had a non-finite loss or gradient" in err and "last good checkpoint is step 1" in err
+
+
+def test_out_of_memory_in_the_first_steps_halves_the_micro_batch(capsys):
+    """An (injected) out-of-memory error for micro-batches of more than 2 rows: the trainer retries with
+    halves until it fits, and trains the same function of the same rows as an unsplit run."""
+    from nanochat.trainer import default_loss
+
+    def tight(model, x, y):
+        if x.size(0) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return default_loss(model, x, y)
+    runs = {}
+    for name, loss_fn in (("plain", default_loss), ("tight", tight)):
+        trainer = Trainer(tiny_model(), settings(), "cpu", torch.float32, 8, 32, 2, loss_fn=loss_fn)
+        trainer.set_batches(Batches(random_batches(8, B=8)))
+        runs[name] = ([trainer.train_step().item() for _ in range(3)], trainer)
+    out = capsys.readouterr().out
+    assert "out of memory at 8 rows per micro-step" in out and "retrying with 2 rows and 8 accumulation steps" in out
+    assert runs["tight"][1].split == 4
+    for a, b in zip(runs["plain"][0], runs["tight"][0]):
+        assert abs(a - b) < 1e-5
+    for (k, a), b in zip(runs["plain"][1].orig_model.state_dict().items(), runs["tight"][1].orig_model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # past the first steps an out-of-memory error is not caught
+    trainer = runs["tight"][1]
+    trainer.split = 1
+    trainer.step = 50
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        trainer.train_step()

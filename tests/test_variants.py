@@ -16,7 +16,8 @@ from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig, add_arch_args, build_model, config_from_args
 from nanochat.metrics import read_rows
 from nanochat.mlp import MoE, moe_stats
-from nanochat.trainer import TRAIN_DEFAULTS, Trainer
+from nanochat.train_settings import TRAIN_DEFAULTS
+from nanochat.trainer import Trainer
 from nanochat.variants import VARIANTS, variant_config
 
 V = 97  # vocabulary of the small models that need no tokenizer
