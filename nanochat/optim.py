@@ -7,25 +7,54 @@ Under DDP the model is wrapped in DistributedDataParallel, which averages gradie
 rank takes the same step with these single-process optimizers: simple, and identical to one
 process with gradient accumulation.
 """
+import os
+
 import torch
 
 
-def zeropower_via_newtonschulz5(G, steps=5):
+def cpu_has_fast_bf16():
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX): there a bf16
+    matmul is ~4x an fp32 one (measured in dev/LOG.md); elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def newton_schulz_dtype(device):
+    """
+    The dtype of the Newton-Schulz iteration on `device`: bf16 on CUDA (as nanochat and
+    modded-nanogpt), fp32 elsewhere. NANOCHAT_MUON_NS=bf16|fp32 overrides it (bf16 on a CPU is
+    fast only with native bf16, see cpu_has_fast_bf16).
+    """
+    choice = os.environ.get("NANOCHAT_MUON_NS", "auto").lower()
+    if choice in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if choice in ("fp32", "float32"):
+        return torch.float32
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def zeropower_via_newtonschulz5(G, steps=5, dtype=None):
     """
     Approximately orthogonalise G (replace its singular values by ~1) with a quintic Newton-Schulz
     iteration; the coefficients maximise the slope at zero so few steps suffice
-    (Keller Jordan's Muon write-up). Runs in bf16 on CUDA, where it is cheap and accurate enough.
+    (Keller Jordan's Muon write-up). G: one matrix (m, n) or a stack (k, m, n) of same-shape ones,
+    each orthogonalised on its own. dtype: of the iteration (default: newton_schulz_dtype, bf16
+    on CUDA, where it is cheap and accurate enough). The scale-and-add of each iteration is
+    folded into the matmuls (addmm: beta * A + alpha * A @ A), the same sums in fewer passes.
     """
     a, b, c = (3.4445, -4.7750, 2.0315)
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.to(newton_schulz_dtype(G.device) if dtype is None else dtype)
     transposed = G.size(-2) > G.size(-1)
     if transposed:  # iterate on the smaller Gram matrix
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    mm = torch.baddbmm if X.ndim == 3 else torch.addmm
     for _ in range(steps):
         A = X @ X.mT
-        B = b * A + c * A @ A
-        X = a * X + B @ X
+        B = mm(A, A, A, beta=b, alpha=c)  # b * A + c * A @ A
+        X = mm(X, B, X, beta=a)           # a * X + B @ X
     if transposed:
         X = X.mT
     return X
@@ -35,6 +64,9 @@ class Muon(torch.optim.Optimizer):
     """
     MomentUm Orthogonalized by Newton-schulz: SGD with Nesterov momentum whose update for each
     matrix is orthogonalised. Only for 2D hidden weights; embeddings, lm_head and vectors go to AdamW.
+    The matrices of a group that share a shape are orthogonalised together, as one stack (batched
+    matmuls: fewer, larger calls); each keeps its own momentum buffer (the optimizer state is per
+    parameter, as it always was, so old checkpoints load).
     """
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
@@ -43,22 +75,30 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
+            by_shape = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                buf.lerp_(g, 1 - group["momentum"])
-                update = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = zeropower_via_newtonschulz5(update, steps=group["ns_steps"])
+                if p.grad is not None:
+                    by_shape.setdefault((p.shape, p.dtype, p.device), []).append(p)
+            for (shape, _, _), params in by_shape.items():
+                grads = [p.grad for p in params]
+                bufs = []
+                for p, g in zip(params, grads):
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(g)
+                    bufs.append(state["momentum_buffer"])
+                torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+                if group["nesterov"]:
+                    updates = torch.stack([g.lerp(buf, group["momentum"]) for g, buf in zip(grads, bufs)])
+                else:
+                    updates = torch.stack(bufs)
+                updates = zeropower_via_newtonschulz5(updates, steps=group["ns_steps"])
                 if group["weight_decay"] > 0:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
                 # scale so that tall and wide matrices get updates of similar RMS
-                scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
-                p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+                scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
+                updates = updates.to(params[0].dtype)
+                torch._foreach_add_(params, list(updates.unbind(0)), alpha=-group["lr"] * scale)
 
 
 def parse_layer_lr(spec, n_layer):
