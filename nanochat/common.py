@@ -80,10 +80,6 @@ def str2bool(v):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
-def add_device_args(parser):
-    parser.add_argument("--device_type", type=str, default="", choices=["", "cuda", "mps", "cpu"],
-                        help="device to run on (default: autodetect cuda, then mps, then cpu)")
-
 # -----------------------------------------------------------------------------
 # device and precision
 

@@ -339,68 +339,6 @@ class GPT(nn.Module):
             yield next_id.item()
 
 
-# -----------------------------------------------------------------------------
-# architecture flags, shared by every script that builds or sizes a model
-
-ARCH_DEFAULTS = dict(depth=20, n_layer=0, model_dim=0, head_dim=0, n_kv_head=0, mlp="relu2", mlp_hidden=0,
-                     tie_embeddings=False, norm_weight=False, attn="standard", moe_experts=0, moe_top_k=2)
-
-
-def add_arch_args(parser, vocab_size=False):
-    d = ARCH_DEFAULTS
-    g = parser.add_argument_group("architecture (--depth alone derives the rest, as nanochat does; --variant takes a named one)")
-    g.add_argument("--depth", type=int, default=d["depth"], help="layers; also sets model_dim = 64*depth unless given (default 20)")
-    g.add_argument("--n_layer", type=int, default=d["n_layer"], help="layers (overrides --depth)")
-    g.add_argument("--model_dim", type=int, default=d["model_dim"], help="width n_embd (default 64*depth)")
-    g.add_argument("--head_dim", type=int, default=d["head_dim"], help="per-head width (default 128, or 64 if 128 does not divide the width)")
-    g.add_argument("--n_kv_head", type=int, default=d["n_kv_head"], help="key/value heads for GQA (default: as many as query heads)")
-    g.add_argument("--mlp", type=str, default=d["mlp"], choices=["relu2", "swiglu"], help="MLP kind (default relu2)")
-    g.add_argument("--mlp_hidden", type=int, default=d["mlp_hidden"],
-                   help="MLP hidden size, of each expert with MoE (default 4x width for relu2, 8/3x for swiglu)")
-    g.add_argument("--tie_embeddings", action="store_true", help="share the token embedding with the lm_head")
-    g.add_argument("--norm_weight", action="store_true", help="RMSNorm with a learned weight")
-    g.add_argument("--attn", type=str, default=d["attn"], choices=["standard", "diff"],
-                   help="attention: standard, or diff (differential attention: width/(2*head_dim) heads of two maps)")
-    g.add_argument("--moe_experts", type=int, default=d["moe_experts"], help="0: a dense MLP (default); N: a mixture of N experts")
-    g.add_argument("--moe_top_k", type=int, default=d["moe_top_k"], help="with --moe_experts: experts per token (default 2)")
-    g.add_argument("--variant", type=str, default="", help="a named architecture of nanochat.variants (v01_dense_small ... "
-                   "v10_wide_shallow, or a unique prefix such as v03): sets every flag above")
-    g.add_argument("--scale", type=str, default="full", choices=["full", "tiny"],
-                   help="with --variant: full (the published sizes) or tiny (the same shape shrunk for a CPU)")
-    if vocab_size:
-        g.add_argument("--vocab_size", type=int, default=0, help="vocabulary size (default 65536; 49,152 with --variant)")
-    return g
-
-
-def config_from_args(args, vocab_size, sequence_len):
-    """Build a validated GPTConfig from the architecture flags; raises ValueError with one line.
-    vocab_size 0: 65536, or the registry's with --variant."""
-    if getattr(args, "variant", ""):
-        from nanochat.variants import VOCAB_SIZE, variant_config
-        given = [k for k, v in ARCH_DEFAULTS.items() if getattr(args, k, v) != v]
-        if given:
-            raise ValueError(f"--variant sets the whole architecture: drop --{given[0]} (or leave out --variant)")
-        return variant_config(args.variant, vocab_size or VOCAB_SIZE, sequence_len, args.scale)
-    vocab_size = vocab_size or 65536
-    n_layer = args.n_layer or args.depth
-    if n_layer <= 0:
-        raise ValueError(f"the number of layers must be positive, got {n_layer}")
-    model_dim = args.model_dim or 64 * n_layer
-    head_dim = args.head_dim or (128 if model_dim % 128 == 0 else 64)
-    attn = getattr(args, "attn", "standard")
-    per_head = 2 * head_dim if attn == "diff" else head_dim  # a differential head's value is 2*head_dim wide
-    if model_dim % per_head != 0:
-        raise ValueError(f"head_dim ({head_dim}{' x 2 maps' if attn == 'diff' else ''}) must divide the width model_dim ({model_dim})")
-    n_head = model_dim // per_head
-    n_kv_head = args.n_kv_head or n_head
-    config = GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                       n_kv_head=n_kv_head, n_embd=model_dim, head_dim=head_dim, mlp=args.mlp,
-                       mlp_hidden=args.mlp_hidden, tie_embeddings=args.tie_embeddings,
-                       norm_weight=args.norm_weight, attn=attn, moe_experts=getattr(args, "moe_experts", 0),
-                       moe_top_k=getattr(args, "moe_top_k", 2))
-    return config.validate()
-
-
 def model_tag_for(config):
     """Default checkpoint folder name: d<layers>, plus w<width> when the width is not 64*layers."""
     tag = f"d{config.n_layer}"

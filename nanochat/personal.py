@@ -2,7 +2,7 @@
 The user's own data as plain-text documents for pretraining, to be mixed into every batch so the
 model picks up their voice. By file type:
 
-    .txt .md        paragraphs grouped into documents (nanochat.dataset.text_documents); a text
+    .txt .md        paragraphs grouped into documents (nanochat.user_text.text_documents); a text
                     file holding <|im_start|> blocks is ChatML conversations instead
     .vtt            transcript samples (nanochat.transcripts)
     .jsonl .json    lines with "text": one document each (scripts.process_transcripts writes these);
@@ -18,7 +18,7 @@ import json
 import os
 
 from nanochat.common import UserError
-from nanochat.dataset import TEXT_EXTENSIONS, text_documents
+from nanochat.user_text import TEXT_EXTENSIONS, text_documents
 
 EXTENSIONS = TEXT_EXTENSIONS + (".vtt", ".jsonl", ".json")
 

@@ -13,7 +13,7 @@ Then train with `--data tinystories`.
 Version 2 (the default) is TinyStoriesV2-GPT4-{train,valid}.txt: GPT-4 stories only, ~2.7M train
 stories, 2.2 GB. Version 1 is TinyStories-{train,valid}.txt: GPT-3.5 and GPT-4, ~2.1M, 1.9 GB.
 In both, stories are separated by `<|endoftext|>` lines. Downloads go through
-nanochat.dataset.download_file (a .part file resumed with Range, retried with backoff); HF_TOKEN
+nanochat.download.download_file (a .part file resumed with Range, retried with backoff); HF_TOKEN
 is sent as a bearer token and NANOCHAT_HF_URL replaces the host (nanochat.tasks.hf_url).
 
 Library API: raw_dir(), data_dir(), download_tinystories(version, ...), iter_stories(path, max_stories),
@@ -27,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanochat.common import UserError, get_base_dir, print0
-from nanochat.dataset import ROW_GROUP_SIZE, DownloadError, download_file, list_parquet_files, shard_name
+from nanochat.dataset import list_parquet_files, shard_name
+from nanochat.download import DownloadError, download_file
+from nanochat.shard_writer import ROW_GROUP_SIZE
 from nanochat.tasks import hf_headers, hf_url
 
 REPO = "roneneldan/TinyStories"

@@ -8,6 +8,7 @@ import math
 import re
 
 from nanochat.common import print0, str2bool
+from nanochat.flags import OPTIMIZERS, PRECISIONS
 
 # The settings every training script shares; a script changes defaults with add_training_args(**defaults).
 TRAIN_DEFAULTS = dict(
@@ -56,14 +57,14 @@ def add_training_args(parser, **defaults):
     d = {**TRAIN_DEFAULTS, **defaults}
     g = parser.add_argument_group("training (shared by every training script)")
     g.add_argument("--run", type=str, default=d["run"], help="wandb run name ('dummy' = no wandb)")
-    g.add_argument("--precision", type=str, default=d["precision"], choices=["auto", "bf16", "fp16", "fp32"],
+    g.add_argument("--precision", type=str, default=d["precision"], choices=PRECISIONS,
                    help="autocast dtype (auto: bf16 on CUDA where supported, else fp16 with GradScaler; fp32 on CPU)")
     g.add_argument("--num_iterations", type=int, default=d["num_iterations"], help="optimizer steps (-1: derived; see the script's help)")
     g.add_argument("--device_batch_size", type=str, default=d["device_batch_size"],
                    help="rows per device per micro-step, or 'auto' (the largest that fits)")
     g.add_argument("--total_batch_size", type=int, default=d["total_batch_size"],
                    help="tokens per optimizer step; gradient accumulation is derived (-1: one micro-step per device)")
-    g.add_argument("--optimizer", type=str, default=d["optimizer"], choices=["muon", "adamw"], help="muon (Muon+AdamW) or adamw")
+    g.add_argument("--optimizer", type=str, default=d["optimizer"], choices=OPTIMIZERS, help="muon (Muon+AdamW) or adamw")
     g.add_argument("--embedding_lr", type=float, default=d["embedding_lr"], help="AdamW lr of the token embedding")
     g.add_argument("--unembedding_lr", type=float, default=d["unembedding_lr"], help="AdamW lr of the lm_head")
     g.add_argument("--matrix_lr", type=float, default=d["matrix_lr"], help="Muon lr of the block matrices")
@@ -125,7 +126,7 @@ def plan_batches(args, config, T, dtype, device, world_size):
     gradient accumulation that --total_batch_size asks for: (B, tokens per step, accumulation
     steps), printed once. Raises UserError with one line when the numbers cannot work.
     """
-    from nanochat.vram import resolve_batch_plan
+    from nanochat.batch_plan import resolve_batch_plan
     B, total, accum = resolve_batch_plan(args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer,
                                          args.grad_checkpoint, args.compile, device, world_size)
     if args.device_batch_size == "auto":

@@ -4,7 +4,7 @@ worked out from what the forward pass in gpt.py actually keeps for backward.
 
 What the estimate is compared against: torch.cuda.max_memory_reserved() after a few training
 steps (what `--measure` and the issue measure). The CUDA context (driver, kernels, cuBLAS handles)
-is NOT inside that number, so it is a separate component that only `total` and `fits()` add.
+is NOT inside that number, so it is a separate component that only `total` and batch_plan.fits() add.
 
     reserved = weights + gradients + optimizer + activations + logits + workspace + allocator
     total    = reserved + cuda_context
@@ -17,7 +17,8 @@ The loss is nanochat.fused_loss: lm_head + softcap + cross-entropy a chunk of ro
 its gradients computed in the forward pass, so no B*T*V tensor exists (before it, the logits and
 their gradients took ~14 bytes per token per vocab entry: 10.5 GiB of Hamner-164M's 17.7 at batch 16).
 
-The peak is found by walking the phases of a step and taking the largest:
+The peak is found by walking the phases of a step, and the periodic evaluation between steps,
+and taking the largest:
   forward (loss)  all saved activations + autocast's cache of bf16 weight copies + the loss's
                   gradient buffers and one chunk's logits
   backward start  all saved activations + the loss's saved gradients and the scaled ones it returns
@@ -26,25 +27,35 @@ The peak is found by walking the phases of a step and taking the largest:
   embedding       the wte gradient at the end of backward
   optimizer step  no activations; the optimizer's temporaries (an MoE's aux loss goes into the
                   backward, as the trainer does, so its graph holds nothing past it)
+  evaluation      the val bpb (nanochat.loss_eval) between steps, a forward under no_grad at the
+                  training batch size: the gradients freed (zero_grad(set_to_none=True)), nothing
+                  saved; autocast's bf16 weight copies, one block's forward temporaries or the
+                  chunked loss's no-grad chunk (see evaluation_phase). Never the peak for the
+                  reference configurations and the registry's (at most ~2/3 of a step's peak
+                  beyond weights and optimizer state), but auto_batch_size sees it like every
+                  other phase.
 
 What the forward keeps, op by op, for every attention (standard, differential) and MLP (dense,
 mixture of experts), is in nanochat/vram_activations.py. The saved-tensor accounting and the
 phase peaks are checked exactly against autograd on a CPU (tests/test_calculators.py, fp32 and an
-emulation of CUDA's autocast policy), dense, differential attention, MoE and both. Every constant below
-says why it is what it is; those that could not be checked without a GPU (Inductor's choices
-under torch.compile, the CUDA context, fragmentation) are judgements, named here so that
-`python -m scripts.vram_calc --measure` on a GPU can correct them.
-"""
-import contextlib
-import gc
+emulation of CUDA's autocast policy), dense, differential attention, MoE and both, and the
+evaluation's peak likewise (dense, MoE and attention in fp32; the loss also under autocast).
+Every constant below says why it is what it is; those that could not be checked without a GPU
+(Inductor's choices under torch.compile, the CUDA context, fragmentation) are judgements, named
+here so that `python -m scripts.vram_calc --measure` on a GPU can correct them.
 
+Elsewhere: the measurement on a CUDA GPU (train_steps, measure_memory, measure_cuda_context) is
+nanochat/vram_measure.py; what fits a card and --device_batch_size auto (fits, auto_batch_size,
+resolve_batch_plan) is nanochat/batch_plan.py.
+"""
 import torch
 
-from nanochat.gpt import build_model
 # the activation accounting (what the forward keeps, op by op) and the parameter counts; re-exported
 from nanochat.vram_activations import (  # noqa: F401
-    OPTIMIZERS, PRECISIONS, _check, attention_saved_bytes, block_backward_bytes, checkpoint_kept_bytes,
-    layer_saved_bytes, loss_bytes, mlp_saved_bytes, nonblock_saved_bytes, param_info, saved_activation_bytes)
+    OPTIMIZERS, PRECISIONS, _check, attention_saved_bytes, attention_shapes, block_backward_bytes,
+    checkpoint_kept_bytes, layer_saved_bytes, loss_bytes, mlp_saved_bytes, nonblock_saved_bytes, param_info,
+    saved_activation_bytes)
+from nanochat.fused_loss import chunk_rows
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -69,11 +80,6 @@ FRAGMENTATION = 0.05
 # planned intermediates that are not freed exactly when eager would free them.
 COMPILE_WORKSPACE_BYTES = 128 * MiB
 COMPILE_WORKSPACE_FRACTION = 0.05
-# fits() keeps this share of the card free: other processes (a desktop on the same GPU), driver
-# versions and allocator luck vary; OOM costs more than a slightly smaller batch.
-SAFETY_MARGIN = 0.05
-
-POW2_BATCH_SIZES = tuple(2 ** i for i in range(10))  # 1 .. 512
 
 # -----------------------------------------------------------------------------
 # the estimate
@@ -100,9 +106,11 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
                     grad_checkpoint=False, compile=False, device_type="cuda"):
     """
     Transient memory (beyond weights, grads and optimizer state) in each phase of a training
-    step, split into activations / logits / workspace, with their sum ("total", allocated) and
-    the allocator segments the phase reserves beyond it ("fragmentation"). estimate_memory()
-    takes the phase with the largest total + fragmentation.
+    step and in the evaluation between steps, split into activations / logits / workspace, with
+    their sum ("total", allocated), the fp32 gradients alive in the phase ("gradients": all of
+    them during a step, none during evaluation) and the allocator segments the phase reserves
+    beyond it ("fragmentation"). estimate_memory() takes the phase with the largest
+    gradients + total + fragmentation (peak_phase).
     """
     _check(precision, optimizer, device_type)
     if batch_size <= 0 or seq_len <= 0:
@@ -146,24 +154,34 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
     }
     for ph in phases.values():
         ph["total"] = ph["activations"] + ph["logits"] + ph["workspace"]
+        ph["gradients"] = 4 * info["total"]  # alive through the step (grad accumulation)
         ph["fragmentation"] = 0
     # the loss chunks' extra allocator segments are reserved during the loss; later phases can
     # reuse them (split), so they only raise the reserved peak when that phase is the peak
     phases["forward_loss"]["fragmentation"] = loss["fragmentation"]
+    phases["evaluation"] = evaluation_phase(config, batch_size, seq_len, precision, device_type)
     return phases
+
+
+def phase_bytes(phase):
+    """What a phase reserves beyond the weights and optimizer state: its gradients, its transient
+    memory and its extra allocator segments."""
+    return phase["gradients"] + phase["total"] + phase["fragmentation"]
 
 
 def peak_phase(phases):
     """Name of the phase that sets the reserved peak."""
-    return max(phases, key=lambda k: phases[k]["total"] + phases[k]["fragmentation"])
+    return max(phases, key=lambda k: phase_bytes(phases[k]))
 
 
 def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon",
                     grad_checkpoint=False, compile=False):
     """
-    Estimated peak GPU memory of training steps, bytes per component (see COMPONENTS):
+    Estimated peak GPU memory of training steps and the evaluations between them, bytes per
+    component (see COMPONENTS), at the peak phase (estimate_phases):
       weights       fp32 parameters (shared tensors once) + buffers (rotary tables)
-      gradients     fp32 .grad for every parameter (alive during grad accumulation)
+      gradients     fp32 .grad for every parameter (alive during grad accumulation; none when
+                    evaluation is the peak)
       optimizer     optimizer state
       activations   saved for backward at the peak phase (incl. autocast's bf16 weight copies)
       logits        the loss's tensors alive at the peak phase: a chunk's logits, its gradients
@@ -178,7 +196,7 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
     info = param_info(config)
     est = {
         "weights": 4 * info["total"] + info["buffer_bytes"],
-        "gradients": 4 * info["total"],
+        "gradients": peak["gradients"],
         "optimizer": _state_bytes(info, optimizer),
         "activations": peak["activations"],
         "logits": peak["logits"],
@@ -194,145 +212,118 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
     return est
 
 
-def fits(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
-         margin=SAFETY_MARGIN):
-    """True when the estimated total (context included) fits the card with `margin` of it to spare."""
-    est = estimate_memory(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile)
-    return est["total"] <= gpu_mem_bytes * (1.0 - margin)
-
-
-def auto_batch_size(config, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
-                    candidates=POW2_BATCH_SIZES, margin=SAFETY_MARGIN):
-    """The largest candidate batch size whose estimate fits the card (with margin); 0 if none does."""
-    best = 0
-    for b in sorted(candidates):
-        if fits(config, b, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes, margin):
-            best = b
-        else:
-            break  # memory only grows with the batch size
-    return best
-
-
-def device_memory_bytes(device):
-    """Memory of the device the estimate is checked against: the GPU's total memory on CUDA,
-    the recommended working set on MPS, physical RAM on a CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
-        return torch.mps.recommended_max_memory()
-    import os
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-# -----------------------------------------------------------------------------
-# measuring, on a CUDA GPU
-
-def train_steps(config, batch_size, seq_len, precision="bf16", optimizer="muon", grad_checkpoint=False,
-                compile=False, device="cuda", steps=3, micro_steps=2):
-    """
-    The training that measure_memory() measures: `steps` optimizer steps (nanochat.optim) of
-    `micro_steps` accumulated forward+backward passes on random tokens, autocast to `precision`
-    (GradScaler for fp16), zero_grad(set_to_none=True) after each step; an MoE's load-balancing
-    loss is added as the trainer adds it. Returns the last loss.
-    """
-    from nanochat.mlp import moe_stats
-    from nanochat.optim import build_optimizers
-    device = torch.device(device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    autocast = contextlib.nullcontext() if dtype == torch.float32 else torch.amp.autocast(device.type, dtype=dtype)
-    torch.manual_seed(0)
-    model = build_model(config, device)
-    model.train()
-    model.grad_checkpoint = grad_checkpoint
-    run = torch.compile(model, dynamic=False) if compile else model
-    optimizers = build_optimizers(model, kind=optimizer)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
-    y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
-    for _ in range(steps):
-        for _ in range(micro_steps):
-            with autocast:
-                loss = run(x, y) / micro_steps
-                stats = moe_stats(model)
-                if stats is not None:
-                    loss = loss + 0.01 * stats[0] / micro_steps
-            (scaler.scale(loss) if scaler else loss).backward()
-            last = loss.item() * micro_steps
-            del loss
-        for opt in optimizers:
-            scaler.step(opt) if scaler else opt.step()
-        if scaler:
-            scaler.update()
-        model.zero_grad(set_to_none=True)
-    return last
-
-
-def measure_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon", grad_checkpoint=False,
-                   compile=False, device="cuda", steps=3, micro_steps=2):
-    """
-    Run train_steps() on a CUDA GPU and return torch.cuda.max_memory_reserved() in bytes: the
-    number estimate_memory()["reserved"] predicts. Raises torch.OutOfMemoryError when it does not fit.
-    """
-    _check(precision, optimizer)
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise RuntimeError("measuring memory needs a CUDA GPU (it reads torch.cuda.max_memory_reserved); none is available")
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        train_steps(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, device, steps, micro_steps)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_reserved(device)
-    finally:
-        # train_steps' model and optimizer are gone with its frame (after an OOM, once the caller
-        # has handled the exception; the next call's empty_cache returns them)
-        gc.collect()
-        torch.cuda.empty_cache()
-        if compile:
-            torch._dynamo.reset()
-
-
-def measure_cuda_context(device="cuda"):
-    """Bytes the CUDA context takes on the card: used memory (driver view) minus torch's reserved."""
-    device = torch.device(device)
-    torch.cuda.init()
-    torch.empty(1, device=device)  # make sure the context exists
-    free, total = torch.cuda.mem_get_info(device)
-    return total - free - torch.cuda.memory_reserved(device)
-
-# -----------------------------------------------------------------------------
-# the training scripts' batch plan
-
 def precision_name(dtype):
+    """The estimator's name of an autocast dtype (torch.float32 and anything else: "fp32")."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
+# -----------------------------------------------------------------------------
+# evaluation: the val bpb between training steps (nanochat.loss_eval), a forward under no_grad
 
-def resolve_batch_plan(device_batch_size, total_batch_size, config, seq_len, dtype, optimizer, grad_checkpoint,
-                       compile, device, world_size):
+def _eval_attention_bytes(config, low):
     """
-    The training scripts' --device_batch_size (a positive integer, or 'auto': the largest the
-    estimate says fits this device) and gradient accumulation derived from --total_batch_size
-    tokens (0 or less: no accumulation). Returns (B, total_batch_size, grad_accum_steps); raises
-    UserError with one line when the numbers cannot work.
+    Per token, the most an attention layer's forward holds under no_grad beyond the block's
+    input and ln_1's output (both fp32, 8C), op by op as nanochat/attention.py runs them; p the
+    compute dtype's bytes. q, k, v from the linears (with the cast of ln_1's output for each
+    under autocast); rotary makes two half-width products and their sum per half and their
+    concatenation (the old q alive until both are rotated); QK-norm in fp32 (a cast up under
+    autocast, then its output); SDPA's bf16 casts of q and k and its output (and logsumexp),
+    which c_proj reads in place ((B, T, H, D) layout); q, k, v stay alive to the layer's end.
+    Differential attention: two SDPA calls, y1 - lambda * y2 (both alive), the subln RMSNorm in
+    fp32 and its scale, c_proj's cast. (On a CPU its math kernel keeps (T, T) scores instead:
+    not modelled, so the CPU checks leave it out.)
     """
-    from nanochat.common import UserError
-    if device_batch_size == "auto":
-        B = auto_batch_size(config, seq_len, precision_name(dtype), optimizer, grad_checkpoint, compile,
-                            device_memory_bytes(device))
-        if B == 0:
-            raise UserError(f"even batch size 1 at sequence length {seq_len} does not fit this device: "
-                            f"try --grad_checkpoint, a shorter --max_seq_len or a smaller model")
-    else:
-        try:
-            B = int(device_batch_size)
-        except ValueError:
-            B = 0
-        if B <= 0:
-            raise UserError(f"--device_batch_size must be a positive integer or 'auto', got {device_batch_size!r}")
-    tokens_per_fwdbwd = B * seq_len * world_size
-    total = total_batch_size if total_batch_size > 0 else tokens_per_fwdbwd
-    if total % tokens_per_fwdbwd != 0:
-        raise UserError(f"--total_batch_size {total} must be a multiple of device_batch_size x max_seq_len x "
-                        f"world_size = {B} x {seq_len} x {world_size} = {tokens_per_fwdbwd}")
-    return B, total, total // tokens_per_fwdbwd
+    C = config.n_embd
+    Cq, Ck, Cv, Hq, _ = attention_shapes(config)
+    p = 2 if low else 4
+    qkv = p * (Cq + Ck + Cv)
+    points = [qkv + (2 * C if low else 0),                           # c_v, with its input cast
+              qkv + 2 * p * Cq,                                      # rotary of q
+              qkv + p * Cq + 2 * p * Ck,                             # rotary of k (old and new q)
+              qkv + (4 * Cq if low else 0) + 4 * Cq,                 # QK-norm of q
+              qkv + 4 * Cq + (4 * Ck if low else 0) + 4 * Ck]        # QK-norm of k
+    normed = 4 * Cq + 4 * Ck + p * Cv                                # fp32 q and k, v: alive to the end
+    if config.attn != "diff":
+        points += [normed + (2 * Cq + 2 * Ck if low else 0) + p * Cq + 4 * Hq,  # SDPA
+                   normed + p * Cq + p * C]                                    # c_proj
+        return max(points)
+    casts = Cq + Ck if low else 0                                    # the bf16 halves SDPA reads
+    points += [normed + casts + p * C + 4 * Hq,                      # y1
+               normed + p * C + casts + p * C + 4 * Hq,              # y2
+               normed + 4 * p * C,                                   # y1, y2, lambda * y2, y
+               normed + 3 * p * C + (4 * C if low else 0) + 4 * C,   # subln
+               normed + 3 * p * C + 8 * C,                           # its scale
+               normed + 2 * p * C + 4 * C + (2 * C if low else 0) + p * C]  # c_proj
+    return max(points)
+
+
+def _eval_mlp_rows(config, low):
+    """Per row, the most a dense MLP's forward holds under no_grad beyond its input: relu^2 peaks
+    in c_proj (relu's output r and r * r alive, and the output); SwiGLU in the product (silu's
+    output, c_fc's and theirs) or in c_fc (silu's output, the input's cast, c_fc's)."""
+    C, M = config.n_embd, config.mlp_hidden
+    p = 2 if low else 4
+    if config.mlp == "swiglu":
+        return max(3 * p * M, 2 * p * M + (2 * C if low else 0), p * M + p * C)
+    return max(2 * p * M + p * C, p * M + (2 * C if low else 0))
+
+
+def _eval_mlp_bytes(config, low):
+    """
+    Per token, the most the MLP half of a block holds under no_grad beyond the block's input,
+    its attention output added in (fp32) and ln_2's output (fp32, 12C). MoE (routing balanced,
+    k*N/E rows an expert): the router's fp32 softmax, top-k indices and renormalised weights,
+    the fp32 output accumulator; then per row of the running expert its (row, slot) pair
+    (int64), the gathered fp32 row and the MLP's peak, and per row of the expert before it its
+    gated fp32 output, alive until the next one replaces it.
+    """
+    C = config.n_embd
+    if not config.moe_experts:
+        return _eval_mlp_rows(config, low)
+    E, k = config.moe_experts, config.moe_top_k
+    route = 4 * E + 8 * k + 4 * k + 4 * C
+    return route + k / E * (16 + 4 * C + _eval_mlp_rows(config, low) + 4 * C)
+
+
+def _eval_loss_bytes(config, n_tokens, low):
+    """The chunked loss under no_grad (nanochat.fused_loss): ln_f's fp32 output, the cast of W and
+    of a chunk of rows (low precision), and the chunk's fp32 tanh and softcapped logits (8nV),
+    the most it holds (the matmul's output and its fp32 copy, 6nV under bf16, come first)."""
+    V, C, N = config.vocab_size, config.n_embd, n_tokens
+    n = min(N, chunk_rows(V))
+    p = 2 if low else 4
+    return 4 * C * N + (p * V * C + p * n * C if low else 0) + 8 * n * V
+
+
+def evaluation_phase(config, batch_size, seq_len, precision="bf16", device_type="cuda"):
+    """
+    The evaluation between steps (nanochat.loss_eval.evaluate_bpb at the training batch size):
+    the uncompiled model in eval mode under no_grad and the trainer's autocast, after
+    zero_grad(set_to_none=True): no gradients, nothing saved for backward. Alive beside the
+    weights and optimizer state: autocast's bf16 copies of the block weights (cached for the
+    whole evaluation: all of them by the last block, "activations"); the most of one block's
+    forward temporaries (the last block's, every cast made: "workspace") or of the chunked
+    loss's no-grad chunk ("logits"), whichever is more; evaluate_bpb's per-token counts
+    ("workspace"). Its requests are the sizes the training forward made, so the allocator serves
+    them from segments it already holds. Compile does not change it: the trainer evaluates the
+    uncompiled model. (On a CPU, a bf16 matmul takes a scratch buffer of its own, which CUDA's
+    cuBLAS keeps in its workspace: the CPU checks compare bf16 where the loss is the peak.)
+    """
+    _check(precision, device_type=device_type)
+    c = config
+    N = batch_size * seq_len
+    low = precision != "fp32"
+    casts = 2 * param_info(c)["block_matrices"] if low else 0
+    C = c.n_embd
+    block = N * max(8 * C + _eval_attention_bytes(c, low), 12 * C + _eval_mlp_bytes(c, low))
+    loss = _eval_loss_bytes(c, N, low)
+    in_loss = loss >= block
+    n = min(N, chunk_rows(c.vocab_size))
+    # evaluate_bpb's per-token bookkeeping, alive through the forward: the valid mask (bool), the
+    # bytes each target spells and the targets that count (int64)
+    counts = 17 * N
+    phase = {"activations": casts, "logits": loss if in_loss else 0,
+             "workspace": counts + (0 if in_loss else int(block)), "gradients": 0,
+             # the loss chunk's bf16 matmul output, freed, cannot serve its fp32 requests (as in training)
+             "fragmentation": 2 * n * c.vocab_size if in_loss and low and device_type == "cuda" else 0}
+    phase["total"] = phase["activations"] + phase["logits"] + phase["workspace"]
+    return phase

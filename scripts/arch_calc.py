@@ -17,7 +17,8 @@ import sys
 import torch
 
 from nanochat.common import ArgumentParser, die
-from nanochat.gpt import GPT, GPTConfig, add_arch_args, config_from_args
+from nanochat.flags import add_arch_args, config_from_args
+from nanochat.gpt import GPT, GPTConfig
 
 LABELS = {
     "wte": "token embedding (wte)",

@@ -6,8 +6,9 @@ Complete text with a base model.
 """
 import sys
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, die, UserError
-from nanochat.checkpoint_manager import PHASE_DIRS, load_model
+from nanochat.flags import add_device_args, add_model_source_args
+from nanochat.common import ArgumentParser, compute_init, die, UserError
+from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine, TextStreamer
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -17,9 +18,7 @@ parser.add_argument("-p", "--prompt", type=str, default=None, help="complete thi
 parser.add_argument("-t", "--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
 parser.add_argument("-k", "--top_k", type=int, default=50, help="sample from the k most likely tokens (0 = all)")
 parser.add_argument("-m", "--max_tokens", type=int, default=128, help="tokens to generate")
-parser.add_argument("-i", "--source", type=str, default="base", choices=list(PHASE_DIRS), help="which stage's checkpoint")
-parser.add_argument("-g", "--model_tag", type=str, default=None, help="model tag (default: the deepest model)")
-parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_model_source_args(parser, source="base")
 parser.add_argument("--seed", type=int, default=42)
 add_device_args(parser)
 args = parser.parse_args()

@@ -5,17 +5,16 @@ Bits per byte of a base model on the train and val splits.
     python -m scripts.base_loss -g d4 --split_tokens 65536
 """
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, autocast_ctx
-from nanochat.checkpoint_manager import PHASE_DIRS, load_model
+from nanochat.flags import add_device_args, add_model_source_args
+from nanochat.common import ArgumentParser, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, autocast_ctx
+from nanochat.checkpoint_manager import load_model
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
 
 parser = ArgumentParser(description="Evaluate bits per byte of a model on the train and val splits.")
-parser.add_argument("-i", "--source", type=str, default="base", choices=list(PHASE_DIRS))
-parser.add_argument("-g", "--model_tag", type=str, default=None, help="model tag (default: the deepest model)")
-parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_model_source_args(parser, source="base")
 parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | builtin | a folder of parquet shards")
 parser.add_argument("--device_batch_size", type=int, default=8)
 parser.add_argument("--split_tokens", type=int, default=20 * 524288, help="tokens evaluated per split")

@@ -15,8 +15,9 @@ import os
 
 import torch
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, get_max_memory
-from nanochat.gpt import add_arch_args, config_from_args, model_tag_for, build_model
+from nanochat.flags import add_arch_args, add_device_args, config_from_args
+from nanochat.common import ArgumentParser, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype, get_max_memory
+from nanochat.gpt import model_tag_for, build_model
 from nanochat.checkpoint_manager import get_checkpoints_dir
 from nanochat.dataloader import DataLoader, BackgroundLoader
 from nanochat.dataset import get_data_dir

@@ -32,10 +32,11 @@ import time
 
 import torch
 
-from nanochat.common import (ArgumentParser, add_device_args, compute_init, die, UserError, get_compute_dtype,
+from nanochat.common import (ArgumentParser, compute_init, die, UserError, get_compute_dtype,
                              autocast_ctx, synchronize)
 from nanochat.attention import kv_shapes
-from nanochat.gpt import add_arch_args, config_from_args, build_model
+from nanochat.flags import add_arch_args, add_device_args, add_precision_args, config_from_args
+from nanochat.gpt import build_model
 from nanochat.fast_decode import make_decoder, fast_decode_mode, supports as fast_decode_supports, MODES
 from nanochat.hardware import device_name, get_peak_bandwidth, peak_memory, reset_peak_memory
 
@@ -43,8 +44,7 @@ from nanochat.hardware import device_name, get_peak_bandwidth, peak_memory, rese
 # settings
 parser = ArgumentParser(description="Time TTFT and decode speed of a random-weight model: eager KV cache against the fast decode path.")
 add_device_args(parser)
-parser.add_argument("--precision", type=str, default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                    help="autocast dtype (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU)")
+add_precision_args(parser, optimizer=False, help_suffix="; auto: bf16 on CUDA where supported, else fp16 with a GradScaler; fp32 on CPU")
 add_arch_args(parser, vocab_size=True)
 parser.add_argument("--max_seq_len", type=int, default=2048, help="the model's training length (rotary table: 10x)")
 parser.add_argument("--prompt_lengths", type=str, default="32,128,512", help="comma-separated prompt lengths for TTFT")

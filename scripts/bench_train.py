@@ -26,9 +26,10 @@ import time
 
 import torch
 
-from nanochat.common import (ArgumentParser, add_device_args, compute_init, die, UserError, is_ddp,
+from nanochat.common import (ArgumentParser, compute_init, die, UserError, is_ddp,
                              get_compute_dtype, autocast_ctx, synchronize, get_peak_flops)
-from nanochat.gpt import add_arch_args, config_from_args, build_model
+from nanochat.flags import OPTIMIZERS, add_arch_args, add_device_args, add_precision_args, config_from_args
+from nanochat.gpt import build_model
 from nanochat.trainer import Trainer
 from nanochat.hardware import device_name, peak_memory
 
@@ -36,13 +37,12 @@ from nanochat.hardware import device_name, peak_memory
 # settings
 parser = ArgumentParser(description="Time training steps of a model on random tokens: tokens/s, step time, MFU, peak memory.")
 add_device_args(parser)
-parser.add_argument("--precision", type=str, default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                    help="autocast dtype (auto: bf16 on CUDA where supported, else fp16 with GradScaler; fp32 on CPU)")
+add_precision_args(parser, optimizer=False, help_suffix="; auto: bf16 on CUDA where supported, else fp16 with a GradScaler; fp32 on CPU")
 add_arch_args(parser, vocab_size=True)
 parser.add_argument("--max_seq_len", type=int, default=2048, help="sequence length T")
 parser.add_argument("--device_batch_size", type=int, default=32, help="sequences per micro-step B")
 parser.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per optimizer step")
-parser.add_argument("--optimizer", type=str, default="muon", choices=["muon", "adamw"], help="muon (Muon+AdamW) or adamw")
+parser.add_argument("--optimizer", type=str, default="muon", choices=OPTIMIZERS, help="muon (Muon+AdamW) or adamw")
 parser.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm as base_train does (0 = off)")
 parser.add_argument("--compile", action="store_true", help="torch.compile the model")
 parser.add_argument("--grad_checkpoint", action="store_true", help="recompute activations in backward")

@@ -10,8 +10,9 @@ Calculator calls are shown dimmed as [calculator: 23 + 45 = 68].
 """
 import sys
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, die, UserError
-from nanochat.checkpoint_manager import PHASE_DIRS, load_model
+from nanochat.flags import add_device_args, add_model_source_args
+from nanochat.common import ArgumentParser, compute_init, die, UserError
+from nanochat.checkpoint_manager import load_model
 from nanochat.engine import Engine, TextStreamer, reply_parts, tool_markers
 from nanochat.tokenizer import render_for_completion
 
@@ -20,9 +21,7 @@ DIM, RESET = "\033[2m", "\033[0m"
 # -----------------------------------------------------------------------------
 # settings
 parser = ArgumentParser(prog="python -m scripts.chat_cli", description="Chat with a nanochat model in the terminal.")
-parser.add_argument("-i", "--source", type=str, default="sft", choices=list(PHASE_DIRS), help="which stage's checkpoint (default sft)")
-parser.add_argument("-g", "--model_tag", type=str, default=None, help="model tag (default: the deepest model)")
-parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_model_source_args(parser, source="sft")
 parser.add_argument("-p", "--prompt", type=str, default=None, help="answer this one message and exit")
 parser.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy; default 0.6)")
 parser.add_argument("-k", "--top_k", type=int, default=50, help="sample from the k most likely tokens (0 = all; default 50)")

@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, die, print0, UserError, autocast_ctx
-from nanochat.checkpoint_manager import PHASE_DIRS, find_model_tag, get_checkpoints_dir, load_model
+from nanochat.flags import add_device_args, add_model_source_args
+from nanochat.common import ArgumentParser, compute_init, die, print0, UserError, autocast_ctx
+from nanochat.checkpoint_manager import find_model_tag, get_checkpoints_dir, load_model
 from nanochat.engine import Engine, reply_parts, reply_text
 from nanochat.exercises import DIFFICULTIES, KINDS
 from nanochat.tokenizer import render_for_completion
@@ -28,9 +29,7 @@ EXTERNAL = ["arc-easy", "arc-challenge", "mmlu", "gsm8k"]
 # -----------------------------------------------------------------------------
 # settings
 parser = ArgumentParser(prog="python -m scripts.chat_eval", description="Evaluate a chat model: built-in exercises, ARC, MMLU, GSM8K.")
-parser.add_argument("-i", "--source", type=str, default="sft", choices=list(PHASE_DIRS), help="which stage's checkpoint (default sft)")
-parser.add_argument("-g", "--model_tag", type=str, default=None, help="model tag (default: the deepest model)")
-parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_model_source_args(parser, source="sft")
 parser.add_argument("-a", "--tasks", type=str, default="auto",
                     help=f"comma-separated: builtin, {', '.join(EXTERNAL)} (auto: builtin plus the downloaded ones)")
 parser.add_argument("--kinds", type=str, default="", help=f"built-in exercise kinds, comma-separated (default all: {', '.join(KINDS)})")
@@ -61,7 +60,7 @@ def parse_list(text, allowed, what, cast=str):
 
 
 if args.download:
-    from nanochat.dataset import DownloadError
+    from nanochat.download import DownloadError
     from nanochat.tasks import arc, gsm8k, mmlu
     jobs = [(arc.download_split, (subset, split)) for subset in ("Easy", "Challenge") for split in ("train", "validation", "test")]
     jobs += [(mmlu.download_split, (split,)) for split in ("validation", "test")]

@@ -17,7 +17,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype
+from nanochat.flags import add_device_args
+from nanochat.common import ArgumentParser, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype
 from nanochat.checkpoint_manager import get_checkpoints_dir
 from nanochat.chat_data import (PHASES, add_chat_args, start_model, chat_mixtures, ConversationBatches, count_steps,
                                 chat_loss, evaluate_loss, sample_replies)

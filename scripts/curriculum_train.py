@@ -16,7 +16,8 @@ import os
 
 import torch
 
-from nanochat.common import ArgumentParser, add_device_args, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype
+from nanochat.flags import add_device_args
+from nanochat.common import ArgumentParser, compute_init, compute_cleanup, print0, die, UserError, get_compute_dtype
 from nanochat.checkpoint_manager import PHASE_DIRS, find_model_tag, get_checkpoints_dir, load_model
 from nanochat.curriculum import load_curriculum, with_personal_frac, phase_at, difficulty_at, lr_at, sources_of
 from nanochat.dataloader import BackgroundLoader, DataLoader

@@ -29,11 +29,13 @@ import time
 
 import torch
 
+from nanochat.batch_plan import fits
 from nanochat.checkpoint_manager import find_last_step, get_checkpoints_dir
-from nanochat.common import (ArgumentParser, UserError, add_device_args, autocast_ctx, compute_cleanup, compute_init, die,
+from nanochat.common import (ArgumentParser, UserError, autocast_ctx, compute_cleanup, compute_init, die,
                              get_base_dir, get_compute_dtype, get_max_memory, print0)
 from nanochat.dataloader import BackgroundLoader, DataLoader
 from nanochat.dataset import get_data_dir
+from nanochat.flags import add_device_args
 from nanochat.gpt import GPT, build_model
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.metrics import METRICS_FILE, read_rows
@@ -42,7 +44,7 @@ from nanochat.train_settings import add_training_args, lr_multiplier
 from nanochat.trainer import Trainer, default_loss
 from nanochat import tournament as tour
 from nanochat.variants import VARIANTS, resolve, variant_config
-from nanochat.vram import estimate_memory, fits, precision_name
+from nanochat.vram import estimate_memory, precision_name
 
 # -----------------------------------------------------------------------------
 # settings
@@ -139,7 +141,7 @@ def memory_reason(name):
     """Why a contestant cannot fit the card by the memory estimate (None when it fits or there is no card to fit)."""
     if gpu_bytes is None:
         return None
-    # the calculator's own test (nanochat.vram.fits): the total with the CUDA context, and a margin to spare
+    # the calculator's own test (nanochat.batch_plan.fits): the total with the CUDA context, and a margin to spare
     precision = precision_name(dtype)
     if fits(configs[name], B, T, precision, args.optimizer, args.grad_checkpoint, args.compile, gpu_bytes):
         return None

@@ -17,8 +17,8 @@ import sys
 import torch
 
 from nanochat.common import ArgumentParser, die
-from nanochat.gpt import add_arch_args, config_from_args
-from nanochat import vram
+from nanochat.flags import add_arch_args, add_precision_args, config_from_args
+from nanochat import batch_plan, vram, vram_measure
 
 LABELS = {
     "weights": "weights (fp32)",
@@ -39,8 +39,7 @@ LABELS = {
 parser = ArgumentParser(description="GPU memory of training per component, per batch size; which batch sizes fit the card.")
 add_arch_args(parser, vocab_size=True)
 parser.add_argument("--max_seq_len", type=int, default=2048, help="sequence length (default 2048)")
-parser.add_argument("--precision", type=str, default="bf16", choices=list(vram.PRECISIONS), help="autocast dtype (default bf16)")
-parser.add_argument("--optimizer", type=str, default="muon", choices=list(vram.OPTIMIZERS), help="default muon (AdamW for embeddings)")
+add_precision_args(parser, precision="bf16", choices=vram.PRECISIONS)
 parser.add_argument("--grad_checkpoint", action="store_true", help="recompute each block's activations in backward")
 parser.add_argument("--compile", action="store_true", help="torch.compile the model")
 parser.add_argument("--batch_sizes", type=str, default="1,2,4,8,16,32", help="comma-separated batch sizes (default 1,2,4,8,16,32)")
@@ -71,11 +70,11 @@ rows = []
 for B in batch_sizes:
     est = vram.estimate_memory(config, B, T, **settings)
     phases = vram.estimate_phases(config, B, T, **settings)
-    row = {"batch_size": B, **est, "fits": vram.fits(config, B, T, gpu_mem_bytes=gpu_mem, **settings),
+    row = {"batch_size": B, **est, "fits": batch_plan.fits(config, B, T, gpu_mem_bytes=gpu_mem, **settings),
            "peak_phase": vram.peak_phase(phases)}
     if args.measure:
         try:
-            row["measured_reserved"] = vram.measure_memory(config, B, T, device="cuda", **settings)
+            row["measured_reserved"] = vram_measure.measure_memory(config, B, T, device="cuda", **settings)
             row["error_pct"] = 100.0 * (est["reserved"] - row["measured_reserved"]) / row["measured_reserved"]
         except torch.OutOfMemoryError:
             row["measured_reserved"] = None  # out of memory on this GPU
@@ -85,12 +84,12 @@ info = vram.param_info(config)
 result = {
     "config": config.to_dict(), "params": {"total": info["total"], "active": info["active"]}, "seq_len": T, **settings,
     "gpu_mem_bytes": gpu_mem,
-    "usable_bytes": int(gpu_mem * (1 - vram.SAFETY_MARGIN)), "batches": rows,
+    "usable_bytes": int(gpu_mem * (1 - batch_plan.SAFETY_MARGIN)), "batches": rows,
     "largest_fitting": max(fitting) if fitting else 0,
-    "auto_batch_size": vram.auto_batch_size(config, T, gpu_mem_bytes=gpu_mem, **settings),
+    "auto_batch_size": batch_plan.auto_batch_size(config, T, gpu_mem_bytes=gpu_mem, **settings),
 }
 if args.measure:
-    result["measured_cuda_context"] = vram.measure_cuda_context("cuda")
+    result["measured_cuda_context"] = vram_measure.measure_cuda_context("cuda")
     result["device"] = torch.cuda.get_device_name()
 
 if args.json:

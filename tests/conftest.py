@@ -67,7 +67,8 @@ def tiny_base_dir(tiny_base_dir_session, monkeypatch):
 def corpus_dir(tmp_path_factory):
     """A NANOCHAT_BASE_DIR with a small built-in corpus and a 512-token tokenizer (made once, a few seconds)."""
     import os
-    from nanochat.dataset import build_builtin, get_data_dir, text_iterator
+    from nanochat.builtin_corpus import build_builtin
+    from nanochat.dataset import get_data_dir, text_iterator
     from nanochat.tokenizer import Tokenizer, compute_token_bytes
     base = str(tmp_path_factory.mktemp("corpus"))
     old = os.environ.get("NANOCHAT_BASE_DIR")

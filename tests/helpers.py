@@ -26,3 +26,18 @@ def step_losses(output):
 def smooth_losses(output):
     """{step: printed smoothed loss}."""
     return {int(m.group(1)): m.group(2) for m in re.finditer(r"^step (\d+)/\d+ \| loss: [\d.]+ \| smooth: ([\d.]+)", output, re.M)}
+
+
+def assert_kv_decoding_matches(model, idx):
+    """Prefill 11 tokens, a chunk of 6, then one token at a time through the KV cache: the logits of a full forward.
+    Returns the cache."""
+    import torch
+    B, T = idx.shape
+    with torch.no_grad():
+        full = model(idx)
+        cache = model.make_kv_cache(B, T)
+        pieces = [model(idx[:, :11], kv_cache=cache), model(idx[:, 11:17], kv_cache=cache)]
+        pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(17, T)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == T
+    return cache

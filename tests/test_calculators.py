@@ -1,8 +1,9 @@
 """
-The parameter calculator (scripts/arch_calc.py) and the memory estimator (nanochat/vram.py,
-scripts/vram_calc.py). No GPU here, so the activation model is checked against what autograd
-really keeps on a CPU: the saved tensors of a forward pass, and the peak of live memory through a
-forward + backward (profiler memory events), in fp32 and under an emulation of CUDA's autocast.
+The parameter calculator (scripts/arch_calc.py) and the memory estimator (nanochat/vram.py, the
+batch plan in nanochat/batch_plan.py, scripts/vram_calc.py). No GPU here, so the activation model
+is checked against what autograd really keeps on a CPU: the saved tensors of a forward pass, and
+the peak of live memory through a forward + backward, and through an evaluation forward between
+steps (profiler memory events), in fp32 and under an emulation of CUDA's autocast.
 """
 import contextlib
 import io
@@ -17,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from nanochat import fused_loss, vram
+from nanochat import batch_plan, fused_loss, vram, vram_measure
 from nanochat.gpt import GPT, GPTConfig, build_model
-from nanochat.mlp import moe_layers
 from nanochat.variants import VARIANTS, variant_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,14 +275,56 @@ def test_auto_batch_size_is_the_largest_that_fits():
     card = 24 * vram.GiB
     for name in REFERENCE:
         for ckpt in (False, True):
-            b = vram.auto_batch_size(config(name), 1024, "bf16", "muon", ckpt, False, card)
+            b = batch_plan.auto_batch_size(config(name), 1024, "bf16", "muon", ckpt, False, card)
             if b == 0:
-                assert not vram.fits(config(name), 1, 1024, "bf16", "muon", ckpt, False, card)
+                assert not batch_plan.fits(config(name), 1, 1024, "bf16", "muon", ckpt, False, card)
                 continue
-            assert vram.fits(config(name), b, 1024, "bf16", "muon", ckpt, False, card)
-            assert not vram.fits(config(name), 2 * b, 1024, "bf16", "muon", ckpt, False, card)
-    assert vram.auto_batch_size(HAMNER, 1024, "bf16", "muon", True, False, card) >= 8
-    assert vram.auto_batch_size(HAMNER, 1024, "bf16", "muon", False, False, 1 * vram.GiB) == 0
+            assert batch_plan.fits(config(name), b, 1024, "bf16", "muon", ckpt, False, card)
+            assert not batch_plan.fits(config(name), 2 * b, 1024, "bf16", "muon", ckpt, False, card)
+    assert batch_plan.auto_batch_size(HAMNER, 1024, "bf16", "muon", True, False, card) >= 8
+    assert batch_plan.auto_batch_size(HAMNER, 1024, "bf16", "muon", False, False, 1 * vram.GiB) == 0
+
+
+def test_evaluation_is_never_the_peak_of_the_reference_configs():
+    # the evaluation between steps has no gradients and saves nothing: for every reference
+    # configuration and registry variant it stays below the training step's peak
+    configs = [config(name, 1024) for name in REFERENCE] + [variant_config(name, sequence_len=1024) for name in VARIANTS]
+    for c in configs:
+        for precision in vram.PRECISIONS:
+            for ckpt in (False, True):
+                for compile in (False, True):
+                    for b in (1, 4, 16):
+                        phases = vram.estimate_phases(c, b, 1024, precision, "muon", ckpt, compile)
+                        evaluation = phases["evaluation"]
+                        assert evaluation["gradients"] == 0 and evaluation["total"] > 0
+                        assert vram.peak_phase(phases) != "evaluation"
+                        assert vram.phase_bytes(evaluation) < 0.7 * vram.phase_bytes(phases[vram.peak_phase(phases)])
+
+
+def test_auto_batch_size_respects_the_evaluation_phase(monkeypatch):
+    # were the evaluation heavier than the step, --device_batch_size auto would size the batch by it
+    card = 24 * vram.GiB
+    settings = ("bf16", "muon", True, False)
+    before = batch_plan.auto_batch_size(HAMNER, 1024, *settings, card)
+    real = vram.evaluation_phase
+
+    def heavy(config, batch_size, seq_len, precision="bf16", device_type="cuda"):
+        phase = dict(real(config, batch_size, seq_len, precision, device_type))
+        phase["workspace"] += batch_size * vram.GiB
+        phase["total"] = phase["activations"] + phase["logits"] + phase["workspace"]
+        return phase
+
+    monkeypatch.setattr(vram, "evaluation_phase", heavy)
+    after = batch_plan.auto_batch_size(HAMNER, 1024, *settings, card)
+    assert 0 < after < before
+    assert vram.peak_phase(vram.estimate_phases(HAMNER, 2 * after, 1024, *settings)) == "evaluation"
+    assert batch_plan.fits(HAMNER, after, 1024, *settings, card) and not batch_plan.fits(HAMNER, 2 * after, 1024, *settings, card)
+    est = vram.estimate_memory(HAMNER, after, 1024, *settings)
+    assert est["gradients"] == 0  # evaluation is the peak: the gradients are freed then
+    # the training scripts' --device_batch_size auto goes the same way
+    monkeypatch.setattr(batch_plan, "device_memory_bytes", lambda device: card)
+    B, total, accum = batch_plan.resolve_batch_plan("auto", 0, HAMNER, 1024, torch.bfloat16, "muon", True, False, "cuda", 1)
+    assert (B, total, accum) == (after, after * 1024, 1)
 
 
 def test_vram_calc_table_and_json():
@@ -338,12 +380,12 @@ def test_measure_memory_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("there is a GPU")
     with pytest.raises(RuntimeError, match="CUDA"):
-        vram.measure_memory(HAMNER, 1, 64, "bf16", "adamw", False, False, device="cpu")
+        vram_measure.measure_memory(HAMNER, 1, 64, "bf16", "adamw", False, False, device="cpu")
 
 @pytest.mark.parametrize("optimizer,precision,ckpt", [("muon", "fp32", False), ("adamw", "bf16", True)])
 def test_the_measured_training_runs(optimizer, precision, ckpt):
     # what --measure runs on a GPU, here on the CPU (CPU autocast for bf16)
-    loss = vram.train_steps(SMALL["gqa"], 1, 16, precision, optimizer, ckpt, False, "cpu", steps=2, micro_steps=2)
+    loss = vram_measure.train_steps(SMALL["gqa"], 1, 16, precision, optimizer, ckpt, False, "cpu", steps=2, micro_steps=2)
     assert 0 < loss < 20
 
 # -----------------------------------------------------------------------------
@@ -572,11 +614,68 @@ def test_block_backward_peak_matches(name, precision, ckpt):
     assert abs(est - real) / real < 0.02, (est, real)
 
 
+def measured_eval_peak(cfg, precision, B, T):
+    """
+    Peak of live memory through the evaluation between training steps, as the trainer runs it:
+    after an optimizer step and zero_grad(set_to_none=True), the model in eval mode,
+    evaluate_bpb (no_grad) under the autocast of training. Weights and optimizer state exist before.
+    """
+    from nanochat.loss_eval import evaluate_bpb
+    from nanochat.optim import build_optimizers
+    model = seeded_model(cfg)
+    optimizers = build_optimizers(model, kind="muon")
+    idx, targets = batch(cfg, B, T)
+    with autocast_for(precision):
+        loss = model(idx, targets)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    token_bytes = torch.randint(1, 4, (cfg.vocab_size,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+
+    def evaluate():
+        with autocast_for(precision):
+            evaluate_bpb(model, iter([(idx, targets)]), 1, token_bytes)
+
+    return live_memory_peak(evaluate)
+
+
+NARROW_MLP = GPTConfig(sequence_len=64, vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=64)
+
+
+@pytest.mark.parametrize("name,precision,vocab,chunks,where", [
+    ("relu2", "fp32", 64, 1, "workspace"), ("gqa", "fp32", 64, 1, "workspace"),
+    ("swiglu+tied+norms+mqa", "fp32", 64, 1, "workspace"), ("moe 2 of 2", "fp32", 64, 1, "workspace"),
+    ("narrow mlp", "fp32", 64, 1, "workspace"),
+    ("gqa", "fp32", 4096, 1, "logits"), ("gqa", "bf16", 4096, 1, "logits"), ("gqa", "bf16", 4096, 4, "logits"),
+    ("swiglu+tied+norms+mqa", "bf16", 4096, 4, "logits"), ("moe 2 of 2", "bf16", 4096, 1, "logits"),
+])
+def test_evaluation_peak_matches(name, precision, vocab, chunks, where, monkeypatch):
+    """
+    The evaluation phase against evaluate_bpb after a training step: with a small vocabulary
+    the peak is one block's forward (relu^2 in c_proj, SwiGLU in its product, an MoE's expert,
+    attention's rotary where the MLP is narrow), with a wide one the loss's no-grad chunk (all
+    rows at once, or 4 chunks). bf16 only where the loss is the peak: a CPU's bf16 matmul takes
+    a scratch buffer (oneDNN) that CUDA's cuBLAS keeps in its workspace. (Differential
+    attention is not checked: a CPU runs it on the math kernel, with (T, T) scores.)
+    """
+    cfg = NARROW_MLP if name == "narrow mlp" else small_config(name, vocab_size=vocab)
+    B, T = 4, 64
+    monkeypatch.setattr(fused_loss, "CHUNK_LOGITS", cfg.vocab_size * B * T // chunks)
+    real = measured_eval_peak(cfg, precision, B, T)
+    phase = vram.estimate_phases(cfg, B, T, precision, "muon", False, False, device_type="cpu")["evaluation"]
+    assert (phase["logits"] > 0) == (where == "logits")  # where the estimate puts the peak
+    est = phase["total"]
+    assert abs(est - real) / real < 0.02, (est, real)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision,ckpt", [("bf16", False), ("bf16", True), ("fp32", False)])
 def test_estimate_within_10_percent_of_measured_on_gpu(precision, ckpt):
     cfg = config("ittybitty target", 512)
     est = vram.estimate_memory(cfg, 8, 512, precision, "muon", ckpt, False)["reserved"]
-    measured = vram.measure_memory(cfg, 8, 512, precision, "muon", ckpt, False)
+    measured = vram_measure.measure_memory(cfg, 8, 512, precision, "muon", ckpt, False)
     assert abs(est - measured) / measured < 0.10, (est, measured)

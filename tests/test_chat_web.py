@@ -101,6 +101,34 @@ def recv_all(sock):
     return data.decode()
 
 
+def raw_exchange(address, data, source=None, half_close=True, timeout=T):
+    """
+    Send bytes on a fresh connection (from source, a loopback address, if given) and read until the
+    server closes it: (status or None, {lowercased header: value}, body bytes). half_close: say
+    "no more" after the bytes (shutdown SHUT_WR), so that a server waiting for more sees the end.
+    """
+    with socket.create_connection(address, timeout=timeout, source_address=(source, 0) if source else None) as s:
+        try:
+            s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered (and stopped reading) before all was sent
+            pass
+        reply = b""
+        try:
+            while len(reply) < 1_000_000 and (part := s.recv(65536)):
+                reply += part
+        except ConnectionResetError:
+            pass
+    head, _, body = reply.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100 "):  # an interim "100 Continue" (Expect: 100-continue) before the answer
+        head, _, body = body.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/1.1 ") and len(lines[0].split()) > 1 else None
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
 def health(url):
     return requests.get(url + "health", timeout=T).json()
 
@@ -297,11 +325,12 @@ def test_bad_requests(start_server):
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\r\n")
         reply = recv_all(s)
     assert reply.startswith("HTTP/1.1 411") and '"param": "Content-Length"' in reply
-    # a garbled request line gets a JSON error too (bare, as HTTP/0.9 has no headers)
+    # a garbled request line gets a JSON error too, with an HTTP/1.1 status line
     with socket.create_connection(server.server_address, timeout=T) as s:
         s.sendall(b"GARBAGE\r\n\r\n")
         reply = recv_all(s)
-    assert json.loads(reply)["error"]["message"].startswith("Bad request")
+    assert reply.startswith("HTTP/1.1 400 ")
+    assert json.loads(reply.split("\r\n\r\n", 1)[1])["error"]["message"].startswith("Bad request")
     assert health(url)["busy"] == 0
 
 
@@ -349,7 +378,7 @@ def test_context_length(start_server):
 
 
 def test_concurrent_clients_queue(start_server):
-    server, url = start_server(workers=1)
+    server, url = start_server(workers=1, limits=Limits(max_per_client=6))  # six at once from 127.0.0.1
     results, errors = [], []
 
     def client(i):
@@ -434,7 +463,8 @@ def test_disconnect_frees_the_worker(start_server):
 
 
 def test_queue_full_and_queue_timeout(start_server):
-    server, url = start_server(workers=1, limits=Limits(max_tokens=4000, max_waiting=1, queue_timeout=1.0))
+    # the holder's reply runs to the end of the context, ~2000 tokens: about a second at the tiny model's speed
+    server, url = start_server(workers=1, limits=Limits(max_tokens=4000, max_waiting=1, queue_timeout=0.3))
     conn, resp = open_stream(url, max_tokens=4000)  # holds the only worker
     assert isinstance(next_event(resp), dict)
     waiting = {}

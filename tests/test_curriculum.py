@@ -154,7 +154,7 @@ TINY = ["--device_type", "cpu", "--device_batch_size", "2", "--max_seq_len", "64
 @pytest.fixture(scope="module")
 def cur_dir(corpus_dir, tmp_path_factory):
     """The corpus base dir with a tiny base model (a few steps, so it has optimizer state) and a TinyStories-like source."""
-    from nanochat.dataset import write_shards
+    from nanochat.shard_writer import write_shards
     run_script(corpus_dir, "scripts.base_train", "--n_layer", "2", "--model_dim", "64", "--head_dim", "32", "--max_seq_len", "64",
                "--device_batch_size", "4", "--total_batch_size", "256", "--num_iterations", "3", "--eval_every", "0",
                "--sample_every", "0", "--device_type", "cpu", "--data", "builtin", "--model_tag", "cur")

@@ -7,7 +7,8 @@ import torch
 
 from nanochat.common import UserError
 from nanochat.dataloader import BackgroundLoader, DataLoader
-from nanochat.dataset import parquets_iter_batched, write_shards
+from nanochat.dataset import parquets_iter_batched
+from nanochat.shard_writer import write_shards
 from nanochat.tokenizer import Tokenizer
 
 B, T = 2, 16

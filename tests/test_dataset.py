@@ -12,10 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat import dataset
+from nanochat import dataset, fineweb
+from nanochat.builtin_corpus import build_builtin
 from nanochat.common import UserError
-from nanochat.dataset import (DownloadError, build_builtin, build_text, download_shard, get_data_dir,
-                              list_parquet_files, parquets_iter_batched, shard_name, text_iterator, write_shards)
+from nanochat.dataset import get_data_dir, list_parquet_files, parquets_iter_batched, shard_name, text_iterator
+from nanochat.download import DownloadError
+from nanochat.fineweb import download_shard
+from nanochat.shard_writer import write_shards
+from nanochat.user_text import build_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -309,17 +313,17 @@ def test_failed_download_leaves_no_file(server, tmp_path):
 
 
 def test_download_cli(server, base_dir):
-    for i in (0, 1, dataset.MAX_SHARD):
+    for i in (0, 1, fineweb.MAX_SHARD):
         server.files[shard_name(i)] = parquet_bytes(i, n_docs=50)
     r = run_cli(["nanochat.dataset", "-n", "2", "-w", "2"], base_dir, NANOCHAT_DATA_URL=server.url)
     assert r.returncode == 0, r.stderr
     data_dir = base_dir / "base_data"
-    assert sorted(p.name for p in data_dir.iterdir()) == [shard_name(0), shard_name(1), shard_name(dataset.MAX_SHARD)]
-    for i in (0, 1, dataset.MAX_SHARD):
+    assert sorted(p.name for p in data_dir.iterdir()) == [shard_name(0), shard_name(1), shard_name(fineweb.MAX_SHARD)]
+    for i in (0, 1, fineweb.MAX_SHARD):
         assert (data_dir / shard_name(i)).read_bytes() == server.files[shard_name(i)]
     assert get_data_dir("auto") == str(data_dir)
     # the validation shard is the last one, as nanochat has it
-    assert list_parquet_files(str(data_dir))[-1].endswith(shard_name(dataset.MAX_SHARD))
+    assert list_parquet_files(str(data_dir))[-1].endswith(shard_name(fineweb.MAX_SHARD))
 
 
 def test_download_cli_without_network(base_dir, capsys, monkeypatch):
@@ -331,9 +335,9 @@ def test_download_cli_without_network(base_dir, capsys, monkeypatch):
 
 
 def test_shards_to_download():
-    assert dataset.shards_to_download(3) == [0, 1, 2, dataset.MAX_SHARD]
-    assert dataset.shards_to_download(0) == [dataset.MAX_SHARD]
-    assert len(dataset.shards_to_download(-1)) == dataset.MAX_SHARD + 1
+    assert fineweb.shards_to_download(3) == [0, 1, 2, fineweb.MAX_SHARD]
+    assert fineweb.shards_to_download(0) == [fineweb.MAX_SHARD]
+    assert len(fineweb.shards_to_download(-1)) == fineweb.MAX_SHARD + 1
 
 # -----------------------------------------------------------------------------
 # TinyStories, downloaded from the local HTTP server standing in for the hub

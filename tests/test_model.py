@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanochat.gpt import GPT, GPTConfig, build_model, config_from_args, add_arch_args
+from nanochat.flags import add_arch_args, config_from_args
+from helpers import assert_kv_decoding_matches
+from nanochat.gpt import GPT, GPTConfig, build_model
 from nanochat.common import ArgumentParser
 
 VARIANTS = {
@@ -87,15 +89,7 @@ def test_nanochat_parameter_names():
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_kv_cache_decoding_equals_full_forward(name):
-    model = random_model(**VARIANTS[name])
-    idx = torch.randint(0, 97, (3, 30))
-    with torch.no_grad():
-        full = model(idx)
-        cache = model.make_kv_cache(3, 30)
-        pieces = [model(idx[:, :11], kv_cache=cache), model(idx[:, 11:17], kv_cache=cache)]  # prefill, then a chunk
-        pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(17, 30)]  # then one token at a time
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
-    assert cache.pos == 30
+    assert_kv_decoding_matches(random_model(**VARIANTS[name]), torch.randint(0, 97, (3, 30)))
 
 
 def test_kv_cache_overflow_is_an_error():

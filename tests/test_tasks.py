@@ -234,7 +234,7 @@ def test_smoltalk_download_and_read(tmp_path, monkeypatch):
         task = smoltalk.SmolTalk("test")
         assert len(task) == 7 and task[3] == conv(3)
         # the train files are not on the server: a clear error, no partial file left behind
-        from nanochat.dataset import DownloadError
+        from nanochat.download import DownloadError
         with pytest.raises(DownloadError, match="404"):
             smoltalk.download_split("train", max_attempts=1)
         assert not os.path.exists(smoltalk.local_path(smoltalk.FILES["train"][0]))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanochat.dataset import build_builtin, text_iterator
+from nanochat.builtin_corpus import build_builtin
+from nanochat.dataset import text_iterator
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer, compute_token_bytes
 
 REPO = Path(__file__).resolve().parents[1]

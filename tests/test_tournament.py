@@ -81,7 +81,7 @@ def test_memory_estimate_over_the_card_eliminates_before_training(corpus_dir):
     from nanochat.vram import estimate_memory
     from nanochat.tokenizer import Tokenizer
     vocab = Tokenizer.from_directory(os.path.join(corpus_dir, "tokenizer")).get_vocab_size()
-    from nanochat.vram import SAFETY_MARGIN
+    from nanochat.batch_plan import SAFETY_MARGIN
     est = {n: estimate_memory(variant_config(n, vocab, 32, "tiny"), 2, 32, "fp32", "muon", False, False)["total"]
            for n in ("v01_dense_small", "v06_moe_medium")}
     assert est["v01_dense_small"] < est["v06_moe_medium"]

@@ -13,11 +13,14 @@ import torch
 from nanochat.attention import DiffAttention, kv_shapes, lambda_init_for
 from nanochat.common import ArgumentParser
 from nanochat.engine import Engine
-from nanochat.gpt import GPT, GPTConfig, add_arch_args, build_model, config_from_args
+from nanochat.flags import add_arch_args, config_from_args
+from nanochat.gpt import GPT, GPTConfig, build_model
 from nanochat.metrics import read_rows
 from nanochat.mlp import MoE, moe_stats
 from nanochat.train_settings import TRAIN_DEFAULTS
 from nanochat.trainer import Trainer
+from helpers import assert_kv_decoding_matches
+from test_trainer import Batches
 from nanochat.variants import VARIANTS, variant_config
 
 V = 97  # vocabulary of the small models that need no tokenizer
@@ -65,14 +68,7 @@ def test_a_future_token_does_not_change_earlier_logits(kind):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_kv_cache_decoding_equals_full_forward(kind):
     model = random_model(kind)
-    idx = torch.randint(0, V, (3, 30), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        full = model(idx)
-        cache = model.make_kv_cache(3, 30)
-        pieces = [model(idx[:, :11], kv_cache=cache), model(idx[:, 11:17], kv_cache=cache)]  # prefill, then a chunk
-        pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(17, 30)]  # then one token at a time
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
-    assert cache.pos == 30
+    cache = assert_kv_decoding_matches(model, torch.randint(0, V, (3, 30), generator=torch.Generator().manual_seed(2)))
     (k_heads, k_dim), (v_heads, v_dim) = kv_shapes(model.config)
     assert cache.k.shape == (2, 3, k_heads, 30, k_dim) and cache.v.shape == (2, 3, v_heads, 30, v_dim)
 
@@ -390,24 +386,6 @@ def test_tiny_scale_is_a_small_working_model_of_the_same_shape(name):
 
 # -----------------------------------------------------------------------------
 # training through the shared loop
-
-
-class Batches:
-    """A finite list of batches with a position, as the trainer wants them."""
-    def __init__(self, batches):
-        self.batches, self.i, self.finite = batches, 0, True
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= len(self.batches):
-            raise StopIteration
-        self.i += 1
-        return self.batches[self.i - 1]
-
-    def state_dict(self):
-        return {"i": self.i}
 
 
 def test_tiny_moe_trains_through_the_trainer_and_logs_expert_loads(tmp_path):

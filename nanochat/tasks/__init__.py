@@ -42,7 +42,7 @@ def hf_headers():
 
 def download(repo, path, dest, **kwargs):
     """Download one file of a Hugging Face dataset to dest (streamed to dest.part, renamed when complete)."""
-    from nanochat.dataset import download_file
+    from nanochat.download import download_file
     if os.path.exists(dest):
         return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)

@@ -77,7 +77,7 @@ def main(argv=None):
     parser = ArgumentParser(prog="python -m nanochat.tasks.smoltalk", description=f"Download {REPO} (parquet) for mid-training and SFT.")
     parser.add_argument("--split", type=str, default="all", choices=["all", "train", "test"], help="which split (default: both)")
     args = parser.parse_args(argv)
-    from nanochat.dataset import DownloadError
+    from nanochat.download import DownloadError
     try:
         for split in (["train", "test"] if args.split == "all" else [args.split]):
             download_split(split)
