@@ -93,3 +93,24 @@ def config_from_args(args, vocab_size, sequence_len):
                        norm_weight=args.norm_weight, attn=attn, moe_experts=getattr(args, "moe_experts", 0),
                        moe_top_k=getattr(args, "moe_top_k", 2))
     return config.validate()
+
+
+def require_positive(args, names):
+    """A one-line error for the first of these flags that is not positive."""
+    from nanochat.common import die
+    for name in names:
+        if getattr(args, name) <= 0:
+            die(f"--{name} must be positive, got {getattr(args, name)}")
+
+
+def device_dtype_config(args):
+    """The benchmarks' setup from the flags: (device, autocast dtype, model config), --threads applied; one-line errors."""
+    import torch
+    from nanochat.common import UserError, compute_init, die, get_compute_dtype
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        device = compute_init(args.device_type)[4]
+        return device, get_compute_dtype(device.type, args.precision), config_from_args(args, args.vocab_size, args.max_seq_len)
+    except (UserError, ValueError) as e:
+        die(str(e))

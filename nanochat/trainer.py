@@ -31,6 +31,7 @@ A model with MoE layers trains on loss + --moe_aux_weight x their load-balancing
 the loss_fn; the logged loss stays the loss_fn's, with moe_aux and the expert loads beside it.
 """
 import argparse
+import gc
 import os
 import time
 
@@ -415,6 +416,7 @@ class Trainer:
                 print0(f"interrupted: saving step {self.step} so --resume can continue from it")
                 loop_state, data_state = self.snapshot
                 self.save(data_state, loop_state, gather=False)  # other ranks may be gone: theirs resume approximately
+            self.close()
             compute_cleanup()
             raise SystemExit(130)
         wandb_run.finish()
@@ -432,6 +434,12 @@ class Trainer:
         if self.ddp:
             dist.broadcast(due, src=0)
         return bool(due.item())
+
+    def close(self):
+        """Let go of the DDP wrapper (before compute_cleanup destroys the process group: a DDP module outliving
+        it ends the process with 'terminate called without an active exception')."""
+        self.model = self.orig_model
+        gc.collect()  # the wrapper's hooks hold it in reference cycles
 
     def summary(self):
         return {"step": self.step, "val": dict(self.val), "first_val": self.first_val, "min_val": self.min_val,

@@ -116,4 +116,5 @@ if args.personal:
     print0("tokens trained by source: " + ", ".join(f"{k} {v:.2%}" for k, v in shares(trainer.data_state()).items()))
 print0(f"done: {result['total_time'] / 60:.2f} min of training | min val bpb: {result['min_val'] or float('nan'):.4f} | "
        f"peak memory: {get_max_memory(device.type) / 2**30:.2f} GiB")
+trainer.close()  # the DDP wrapper goes before the process group
 compute_cleanup()

@@ -32,10 +32,9 @@ import time
 
 import torch
 
-from nanochat.common import (ArgumentParser, compute_init, die, UserError, get_compute_dtype,
-                             autocast_ctx, synchronize)
+from nanochat.common import ArgumentParser, autocast_ctx, die, synchronize
 from nanochat.attention import kv_shapes
-from nanochat.flags import add_arch_args, add_device_args, add_precision_args, config_from_args
+from nanochat.flags import add_arch_args, add_device_args, add_precision_args, device_dtype_config, require_positive
 from nanochat.gpt import build_model
 from nanochat.fast_decode import make_decoder, fast_decode_mode, supports as fast_decode_supports, MODES
 from nanochat.hardware import device_name, get_peak_bandwidth, peak_memory, reset_peak_memory
@@ -72,21 +71,12 @@ def int_list(flag, text):
 
 prompt_lengths = int_list("prompt_lengths", args.prompt_lengths)
 batch_sizes = int_list("batch_sizes", args.batch_sizes)
-for name in ("decode_prompt_len", "decode_tokens", "repeats"):
-    if getattr(args, name) <= 0:
-        die(f"--{name} must be positive, got {getattr(args, name)}")
-if args.threads > 0:
-    torch.set_num_threads(args.threads)
+require_positive(args, ("decode_prompt_len", "decode_tokens", "repeats"))
 
 # -----------------------------------------------------------------------------
 # setup
-try:
-    _, _, _, _, device = compute_init(args.device_type)
-    device_type = device.type
-    dtype = get_compute_dtype(device_type, args.precision)
-    config = config_from_args(args, args.vocab_size, args.max_seq_len)
-except (UserError, ValueError) as e:
-    die(str(e))
+device, dtype, config = device_dtype_config(args)
+device_type = device.type
 fast_mode = fast_decode_mode(device) or "static"
 modes = []
 for m in (m.strip() for m in args.modes.split(",") if m.strip()):

@@ -26,9 +26,8 @@ import time
 
 import torch
 
-from nanochat.common import (ArgumentParser, compute_init, die, UserError, is_ddp,
-                             get_compute_dtype, autocast_ctx, synchronize, get_peak_flops)
-from nanochat.flags import OPTIMIZERS, add_arch_args, add_device_args, add_precision_args, config_from_args
+from nanochat.common import ArgumentParser, autocast_ctx, die, get_peak_flops, is_ddp, synchronize
+from nanochat.flags import OPTIMIZERS, add_arch_args, add_device_args, add_precision_args, device_dtype_config, require_positive
 from nanochat.gpt import build_model
 from nanochat.trainer import Trainer
 from nanochat.hardware import device_name, peak_memory
@@ -53,25 +52,16 @@ parser.add_argument("--threads", type=int, default=0, help="CPU threads for torc
 parser.add_argument("--seed", type=int, default=42)
 parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 args = parser.parse_args()
-for name in ("max_seq_len", "device_batch_size", "grad_accum_steps", "steps"):
-    if getattr(args, name) <= 0:
-        die(f"--{name} must be positive, got {getattr(args, name)}")
+require_positive(args, ("max_seq_len", "device_batch_size", "grad_accum_steps", "steps"))
 if args.warmup < 0:
     die(f"--warmup must be >= 0, got {args.warmup}")
 if is_ddp():
     die("bench_train measures one device: run it with python, not torchrun")
-if args.threads > 0:
-    torch.set_num_threads(args.threads)
 
 # -----------------------------------------------------------------------------
 # setup
-try:
-    _, _, _, _, device = compute_init(args.device_type)
-    device_type = device.type
-    dtype = get_compute_dtype(device_type, args.precision)
-    config = config_from_args(args, args.vocab_size, args.max_seq_len)
-except (UserError, ValueError) as e:
-    die(str(e))
+device, dtype, config = device_dtype_config(args)
+device_type = device.type
 torch.manual_seed(args.seed)
 autocast = autocast_ctx(device_type, dtype)
 B, T, accum = args.device_batch_size, args.max_seq_len, args.grad_accum_steps

@@ -99,4 +99,5 @@ result = trainer.run(batches, num_iterations, evaluate=evaluate, sample=sample, 
 if result["first_val"] is not None:
     print0(f"done: {result['step']} steps, {result['total_time'] / 60:.2f} min of training | "
            f"val loss {result['first_val']:.4f} -> {result['val'].get('val_loss', float('nan')):.4f}")
+trainer.close()  # the DDP wrapper goes before the process group
 compute_cleanup()

@@ -167,4 +167,5 @@ result = trainer.run(batches, num_iterations, evaluate=evaluate, sample=sample, 
 if result["first_val"] is not None and result["val"]:
     print0(f"done: {result['total_time'] / 60:.2f} min of training | " +
            " | ".join(f"{k} {v:.4f}" for k, v in result["val"].items()) + f" (started at {result['first_val']:.4f})")
+trainer.close()  # the DDP wrapper goes before the process group
 compute_cleanup()
