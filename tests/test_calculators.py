@@ -534,8 +534,12 @@ def test_step_peak_matches_a_real_forward_backward(precision, ckpt, chunks, monk
     bf16 grad_W term outgrows its fp32 logits).
     """
     cfg = GPTConfig(sequence_len=64, vocab_size=4096, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+    assert_loss_peak_matches(cfg, precision, ckpt, chunks, monkeypatch)
+
+
+def assert_loss_peak_matches(cfg, precision, ckpt, chunks, monkeypatch, B=4, T=64):
+    """A step's measured peak, with the loss in `chunks` chunks, is the estimate's and is in the loss (within 2%)."""
     model = seeded_model(cfg, ckpt)
-    B, T = 4, 64
     monkeypatch.setattr(fused_loss, "CHUNK_LOGITS", cfg.vocab_size * B * T // chunks)
     real = measured_step_peak(model, cfg, precision, B, T)
     phases = vram.estimate_phases(cfg, B, T, precision, "muon", ckpt, False, device_type="cpu")
@@ -570,15 +574,7 @@ def test_step_peak_matches_for_diff_attention_and_moe(name, precision, ckpt, chu
     peak to the end of backward; this test finds that again. bf16 with checkpointing is not
     checked: the autocast emulation does not reach the recomputation in backward.)
     """
-    cfg = small_config(name, vocab_size=4096)
-    model = seeded_model(cfg, ckpt)
-    B, T = 4, 64
-    monkeypatch.setattr(fused_loss, "CHUNK_LOGITS", cfg.vocab_size * B * T // chunks)
-    real = measured_step_peak(model, cfg, precision, B, T)
-    phases = vram.estimate_phases(cfg, B, T, precision, "muon", ckpt, False, device_type="cpu")
-    assert vram.peak_phase(phases) == "forward_loss"
-    est = phases[vram.peak_phase(phases)]["total"]
-    assert abs(est - real) / real < 0.02, (est, real)
+    assert_loss_peak_matches(small_config(name, vocab_size=4096), precision, ckpt, chunks, monkeypatch)
 
 
 @pytest.mark.parametrize("name,precision,ckpt", [

@@ -140,11 +140,10 @@ def wait_line(proc, marker, timeout):
     raise AssertionError(f"no {marker!r} in the output:\n{''.join(lines)}")
 
 
-@pytest.fixture
-def chat_url(tiny_base_dir):
-    """python -m scripts.chat_web, as a user starts it (replies of 40 tokens)."""
-    env = dict(os.environ, NANOCHAT_BASE_DIR=str(tiny_base_dir), PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--port", "0", "--quiet", "-m", "40"],
+def serve(base_dir, *flags, **env):
+    """python -m scripts.chat_web as a user starts it, on a free port: yields its URL, then stops it with Ctrl-C."""
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base_dir), PYTHONPATH=REPO, PYTHONUNBUFFERED="1", **env)
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--port", "0", "--quiet", *flags],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = wait_line(proc, "web chat: ", 60)
@@ -156,6 +155,12 @@ def chat_url(tiny_base_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def chat_url(tiny_base_dir):
+    """The server with replies of 40 tokens."""
+    yield from serve(tiny_base_dir, "-m", "40")
 
 
 @pytest.fixture

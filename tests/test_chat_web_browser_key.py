@@ -6,14 +6,10 @@ carrying the credentials. Cancelling the login box leaves a 401 in the one JSON 
 Skipped when no Chromium is installed.
 """
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
-from test_chat_web_browser import CHROMIUM, IDLE, LAST_REPLY, REPO, page, wait_line  # noqa: F401
+from test_chat_web_browser import CHROMIUM, IDLE, LAST_REPLY, page, serve  # noqa: F401
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")]
@@ -23,19 +19,7 @@ KEY = "browser-key-0123456789abcdef"
 
 @pytest.fixture
 def keyed_url(tiny_base_dir):
-    env = dict(os.environ, NANOCHAT_BASE_DIR=str(tiny_base_dir), PYTHONPATH=REPO, PYTHONUNBUFFERED="1", NANOCHAT_API_KEY=KEY)
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--port", "0", "--quiet", "-m", "12"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = wait_line(proc, "web chat: ", 60)
-        yield line.split("web chat: ")[1].split()[0]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    yield from serve(tiny_base_dir, "-m", "12", NANOCHAT_API_KEY=KEY)
 
 
 def answer_logins(cdp, password):
