@@ -159,8 +159,8 @@ def serve(base_dir, *flags, **env):
 
 @pytest.fixture
 def chat_url(tiny_base_dir):
-    """The server with replies of 40 tokens."""
-    yield from serve(tiny_base_dir, "-m", "40")
+    """The server with replies of 400 tokens (long enough for the page to show them streaming in)."""
+    yield from serve(tiny_base_dir, "-m", "400")
 
 
 @pytest.fixture
@@ -231,7 +231,7 @@ def test_chat_page(page, chat_url, tmp_path):
     # stats for nerds under the reply
     page.click(".msg.assistant details.stats summary")
     stats = page.js("document.querySelector('.msg.assistant details.stats').innerText")
-    assert "tokens/s" in stats and "time to first token" in stats and "40 (prompt" in stats and "sft/tiny/5" in stats
+    assert "tokens/s" in stats and "time to first token" in stats and "400 (prompt" in stats and "sft/tiny/5" in stats
 
     # regenerate: the reply is replaced by another
     page.click(".msg.assistant .regen")
