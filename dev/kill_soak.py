@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from nanochat.checkpoint_manager import checkpoint_steps
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--n_layer", "2", "--model_dim", "64", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
          "--total_batch_size", "2048", "--data", "builtin"]
@@ -67,8 +69,7 @@ def logged_step(metrics):
 
 def last_step(path):
     """The step of the newest checkpoint in a folder (0 without one): where a resumed run starts."""
-    steps = [int(n[5:11]) for n in os.listdir(path) if n.startswith("meta_") and n.endswith(".json")] if os.path.isdir(path) else []
-    return max(steps, default=0)
+    return (checkpoint_steps(path) or [0])[-1]
 
 
 def wait_for_step(proc, metrics, step):

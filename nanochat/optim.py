@@ -219,15 +219,18 @@ def muon_momentum(step, warmup_steps=300):
     return (1 - frac) * 0.85 + frac * 0.95
 
 
-def step_optimizers(optimizers, params, scaler=None, grad_clip=0.0):
+def step_optimizers(optimizers, params, scaler=None, grad_clip=0.0, grad_norm=None):
     """
-    One update after backward: unscale (fp16 GradScaler), clip the global gradient norm, step
-    every optimizer, then drop the gradients. Nothing here waits for the GPU without a scaler.
+    One update after backward: unscale (fp16 GradScaler), clip the global gradient norm (grad_norm:
+    that norm, when the caller has computed it already), step every optimizer, then drop the
+    gradients. Nothing here waits for the GPU without a scaler.
     """
     if scaler is not None:
         for opt in optimizers:
             scaler.unscale_(opt)
-    if grad_clip > 0:
+    if grad_clip > 0 and grad_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
+    elif grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     for opt in optimizers:
         scaler.step(opt) if scaler is not None else opt.step()

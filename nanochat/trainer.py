@@ -112,6 +112,7 @@ class Trainer:
         self.extras = {}
         self.has_moe = bool(moe_layers(model))
         self.split = 1  # pieces each batch is cut into (more after an out-of-memory error)
+        self.save_every = save_every_value(args.save_every)  # (steps, seconds), one of them 0
         self.nonfinite, self.nonfinite_in_row = 0, 0
 
     def describe(self):
@@ -268,8 +269,9 @@ class Trainer:
             except torch.cuda.OutOfMemoryError as e:
                 self._halve_micro_batch(e)
         self.in_update = True
-        if self._update_is_finite():
-            step_optimizers(self.optimizers, self.orig_model.parameters(), self.scaler, self.args.grad_clip)
+        finite, grad_norm = self._update_is_finite()
+        if finite:
+            step_optimizers(self.optimizers, self.orig_model.parameters(), self.scaler, self.args.grad_clip, grad_norm)
         self.step += 1
         step_loss = total / real if real > 1 else total
         self.smooth_loss.mul_(0.9).add_(step_loss, alpha=0.1)  # on the device: no wait
@@ -318,16 +320,18 @@ class Trainer:
 
     def _update_is_finite(self):
         """
-        --skip_nonfinite: whether the gradients are finite (a non-finite loss makes them so too); if not,
-        drop them, count it, and stop after --max_nonfinite in a row. Under fp16 the GradScaler skips such
-        steps itself. This reads one number from the device per step.
+        --skip_nonfinite: (whether the gradients are finite, their norm) - a non-finite loss makes them
+        non-finite too; the norm (None when not computed) serves the clipping. If not finite: drop them,
+        count it, and stop after --max_nonfinite in a row. Under fp16 the GradScaler skips such steps
+        itself. This reads one number from the device per step.
         """
         if not self.args.skip_nonfinite or self.scaler is not None:
-            return True
+            return True, None
         grads = [p.grad for p in self.orig_model.parameters() if p.grad is not None]
-        if grads and torch.isfinite(torch.nn.utils.get_total_norm(grads)).item():
+        norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if norm is not None and torch.isfinite(norm).item():
             self.nonfinite_in_row = 0
-            return True
+            return True, norm
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.nonfinite += 1
@@ -339,7 +343,7 @@ class Trainer:
                      if last is not None else "there is no checkpoint yet")
             die(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient (up to step {self.step + 1}): "
                 f"stopping; {where} (a lower learning rate, or --precision fp32, may help)")
-        return False
+        return False, None
 
     # -------------------------------------------------------------------------
     # the loop
@@ -425,7 +429,7 @@ class Trainer:
     def _save_due(self, step, log_every):
         """--save_every: every N steps, or (a time) once that long has passed since the last save, checked
         at logging steps (rank 0's clock decides, so under DDP every rank saves at the same step)."""
-        steps, seconds = save_every_value(self.args.save_every)
+        steps, seconds = self.save_every
         if steps:
             return step % steps == 0
         if not seconds or step % log_every:

@@ -235,14 +235,13 @@ for r, (round_steps_nominal, keep) in enumerate(rounds, 1):
             print0(f"--- round {r}: {keys[name][s]} ({c['params'] / 1e6:.1f}M params) to step {sum(c['steps'][:r])}")
             try:
                 c["results"].append(train(name, s, r))
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
                 if not is_oom(e):
                     raise
-                free_memory()
                 eliminate(name, r, f"out of memory at batch {B} x {T}: {str(e).splitlines()[0][:120]}")
                 break
             finally:
-                free_memory()
+                free_memory()  # after the except clause: its traceback (holding the model) is gone by then
             print0(f"round {r}: {keys[name][s]} val bpb {c['results'][-1]['val_bpb']:.4f}")
             tour.save_state(folder, state)
         tour.save_state(folder, state)
