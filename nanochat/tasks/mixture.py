@@ -14,6 +14,8 @@ are given that way). Names:
     ...@direct                arithmetic answered without the calculator (e.g. exercises.addition@direct)
     chat                      greetings, identity, thanks (built-in)
     smoltalk                  HuggingFaceTB/smol-smoltalk (download it first)
+    persona-chat, dailydialog, lmsys-chat, magpie-ultra   more hub conversation sets (download them first:
+                              nanochat/tasks/conversation_sets.py; their hub names work too)
     gsm8k, arc-easy, arc-challenge, mmlu   their train splits where they have one (auxiliary_train for MMLU)
     a path to a .jsonl or ChatML file      your own conversations
 """
@@ -93,7 +95,7 @@ def _is_number(s):
 
 def make_task(name, split="train", seed=0, size=None):
     """One task by its spec name (see the module docstring). size: for the generated tasks."""
-    from nanochat.tasks import builtin
+    from nanochat.tasks import builtin, conversation_sets
     size = size or 100_000
     if name.removesuffix("@direct") == "exercises" or name.startswith("exercises."):
         name, direct = name.removesuffix("@direct"), name.endswith("@direct")
@@ -110,6 +112,8 @@ def make_task(name, split="train", seed=0, size=None):
     if name == "smoltalk":
         from nanochat.tasks.smoltalk import SmolTalk
         return SmolTalk(split)
+    if name in conversation_sets.SETS or name in conversation_sets.BY_REPO:
+        return conversation_sets.ConversationSet(name, split)
     if name == "gsm8k":
         from nanochat.tasks.gsm8k import GSM8K
         return GSM8K(split)
@@ -123,7 +127,8 @@ def make_task(name, split="train", seed=0, size=None):
         from nanochat.tasks.custom import CustomChat
         return CustomChat(name, split)  # a missing file says so
     raise ValueError(f"unknown task {name!r} in mixture: use exercises[.KIND[.DIFFICULTY]][@direct], chat, smoltalk, "
-                     f"gsm8k, arc-easy, arc-challenge, mmlu, or the path of a .jsonl/ChatML file")
+                     f"{', '.join(conversation_sets.SETS)}, gsm8k, arc-easy, arc-challenge, mmlu, "
+                     f"or the path of a .jsonl/ChatML file")
 
 
 def parse_mixture(spec, size, split="train", seed=42):
