@@ -15,6 +15,11 @@ most recent half, so generation never fails for length.
     engine = Engine(model, tokenizer)
     for column in engine.generate(prompt_ids, num_samples=2, max_tokens=64, temperature=0.8):
         ...  # column: one next token id per sample
+
+Log-probabilities (for scoring, and the API's logprobs) are computed only when asked: generate(...,
+logprobs=k) adds each emitted token's and the k likeliest alternatives', and prompt_logprobs()
+scores a prompt's own tokens in one forward pass. Both are of the model's distribution itself
+(before temperature, top-k or top-p).
 """
 import codecs
 from collections import deque
@@ -45,6 +50,20 @@ def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=rng)
+
+
+def token_logprobs(logits, chosen, k=0):
+    """
+    logits (N, V), chosen ids (N,) -> per row (log-probability of the chosen token, [(id, logprob)] of
+    the k likeliest tokens, most likely first). Both come from one log_softmax, so the chosen token,
+    when it is the likeliest, has exactly the value at the top.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, chosen.view(-1, 1).to(logp.device)).view(-1).tolist()
+    if k <= 0:
+        return [(p, []) for p in picked]
+    values, ids = logp.topk(min(k, logp.size(-1)), dim=-1)
+    return [(p, list(zip(i, v))) for p, i, v in zip(picked, ids.tolist(), values.tolist())]
 
 
 class EagerDecoder:
@@ -142,14 +161,35 @@ class Engine:
             row.expr.append(tok)
 
     @torch.inference_mode()
+    def prompt_logprobs(self, tokens, k=0, chunk=256):
+        """
+        Score a prompt's own tokens in one forward pass (no cache): for each token, (its
+        log-probability given the tokens before it, the k likeliest there as [(id, logprob)]);
+        the first token has nothing before it: (None, None).
+        """
+        if len(tokens) == 0:
+            raise ValueError("prompt_logprobs() needs at least one token")
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        with autocast_ctx(self.device.type, self.dtype):
+            logits = self.model(ids)[0]
+        out = [(None, None)]
+        for s in range(0, len(tokens) - 1, chunk):  # (chunk, V) at a time in float32, not (T, V)
+            e = min(s + chunk, len(tokens) - 1)
+            out += token_logprobs(logits[s:e], ids[0, s + 1:e + 1], k)
+        return out
+
+    @torch.inference_mode()
     def generate(self, tokens, num_samples=1, max_tokens=256, temperature=1.0, top_k=None, top_p=None, seed=42,
-                 stop_tokens=None, tools=True, max_context=None, return_forced=False):
+                 stop_tokens=None, tools=True, max_context=None, return_forced=False, logprobs=None):
         """
         Yields, for each step, a list of num_samples next token ids (one per sample); with
         return_forced=True, (ids, forced) where forced[i] says the tool put that token there. A
         sample that has emitted a stop token (default <|assistant_end|> and <|bos|>) is finished:
         what it yields afterwards is to be ignored. Generation ends when all are finished or after
         max_tokens steps (forced tool output counts). tools=False turns the calculator off.
+        logprobs=k (0 or more; None: not computed) adds, last in the tuple, one (logprob, top) per
+        sample: the log-probability of the token emitted (sampled or forced) and the k likeliest
+        tokens there as [(id, logprob)] (see token_logprobs).
         """
         if len(tokens) == 0:
             raise ValueError("generate() needs at least one prompt token")
@@ -187,7 +227,10 @@ class Engine:
                 row.tokens.append(tok)
                 column.append(tok)
                 forced.append(is_forced)
-            yield (column, forced) if return_forced else column
+            extra = (forced,) if return_forced else ()
+            if logprobs is not None:
+                extra += (token_logprobs(logits, torch.tensor(column, device=logits.device), logprobs),)
+            yield (column, *extra) if extra else column
             if all(row.done for row in rows):
                 break
             ids = torch.tensor(column, dtype=torch.long, device=device)
@@ -205,6 +248,7 @@ class Engine:
         stop_tokens = kwargs.get("stop_tokens")
         stop_tokens = self.default_stops if stop_tokens is None else set(stop_tokens)
         kwargs.pop("return_forced", None)
+        kwargs.pop("logprobs", None)
         results = [[] for _ in range(num_samples)]
         done = [False] * num_samples
         for column in self.generate(tokens, num_samples, **kwargs):

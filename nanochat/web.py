@@ -11,6 +11,8 @@ module only gathers the names; each part lives in the module named for it:
     web_reply.py    a reply being generated: text pieces, stop strings, timings (Reply, StopStrings)
     web_http.py     HTTP that is safe to expose: deadlines and bounds on reading a request, JSON
                     errors, the API key (ApiKey), connection limits (GuardedServer)
+    web_completions.py  text completions (POST /v1/completions: logprobs, echo, token prompts) and the
+                    tokenizer's routes (/tokenize, /detokenize, /tokenizer_info; the page nanochat/tokenizer.html)
     web_server.py   the routes (ChatHandler) and the ChatServer that holds the pool and settings
 
 Every connection gets a thread. Generation runs on a Worker (one per GPU, one on CPU) borrowed

@@ -35,13 +35,17 @@ class StopStrings:
 class Reply:
     """
     Iterating yields the assistant's text piece by piece; afterwards finish_reason ('stop' or
-    'length'), completion_tokens and timings() describe it. cancelled() is asked between tokens.
+    'length'), completion_tokens, tokens and timings() describe it. cancelled() is asked between
+    tokens. tools=False: no calculator (a text completion); logprobs=k: each token's log-probability
+    and the k likeliest alternatives are kept in tokens (see Engine.generate).
     """
-    def __init__(self, engine, tokenizer, prompt, req, max_tokens, cancelled):
+    def __init__(self, engine, tokenizer, prompt, req, max_tokens, cancelled, tools=True, logprobs=None):
         self.engine, self.tokenizer, self.prompt, self.req = engine, tokenizer, prompt, req
         self.max_tokens, self.cancelled = max_tokens, cancelled
+        self.tools, self.logprobs = tools, logprobs
         self.finish_reason = None
         self.completion_tokens = 0
+        self.tokens = []  # (id, logprob, top) of every token generated, an ending one included; (id, None, None) without logprobs
         self.text = ""
         self.t_start = self.t_first = self.t_last = None
 
@@ -49,14 +53,16 @@ class Reply:
         tok, req = self.tokenizer, self.req
         ends = {tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id()}
         streamer, stops = TextStreamer(tok), StopStrings(req.stop)
-        markers = tool_markers(tok)
+        markers = tool_markers(tok) if self.tools else {}
         self.t_start = time.perf_counter()
         steps = self.engine.generate(self.prompt, num_samples=1, max_tokens=self.max_tokens, temperature=req.temperature,
-                                     top_k=req.top_k or None, top_p=req.top_p, seed=req.seed)
+                                     top_k=req.top_k or None, top_p=req.top_p, seed=req.seed, tools=self.tools,
+                                     logprobs=self.logprobs)
         self.finish_reason = "length"
         try:
-            for column in steps:
-                token = column[0]
+            for step in steps:
+                token = step[0][0] if self.logprobs is not None else step[0]
+                self.tokens.append((token, *step[1][0]) if self.logprobs is not None else (token, None, None))
                 self.t_last = time.perf_counter()
                 self.t_first = self.t_first or self.t_last
                 self.completion_tokens += 1

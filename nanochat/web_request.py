@@ -1,7 +1,7 @@
 """
 What a request to the web server may ask for, and how it is refused: the limits, the defaults,
 the one error shape (ApiError, answered as OpenAI does), and the checking of a
-/v1/chat/completions body into a ChatRequest.
+/v1/chat/completions body into a ChatRequest (parse_sampling: the fields text completions share).
 """
 import json
 import math
@@ -21,6 +21,7 @@ class Limits:
     max_tokens: int = 4096           # the largest max_tokens a request may ask for
     max_temperature: float = 2.0
     max_stop: int = 4                # stop strings (as OpenAI)
+    max_prompts: int = 32            # prompts in one /v1/completions request (each gets a choice)
     max_body_bytes: int = 1 << 20    # request body size (413 beyond)
     # the HTTP request around it
     max_header_bytes: int = 16384    # the request line and headers together (431 beyond)
@@ -165,6 +166,11 @@ def parse_chat_request(body, limits, defaults):
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     messages = _messages(body, limits)
+    return ChatRequest(messages=messages, **parse_sampling(body, limits, defaults))
+
+
+def parse_sampling(body, limits, defaults, min_tokens=1):
+    """The fields that chat and text completions share, checked: a dict of ChatRequest's fields but messages."""
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or len(model) > 200):
         raise ApiError(400, "model must be a string (see GET /v1/models)", "model")
@@ -177,16 +183,16 @@ def parse_chat_request(body, limits, defaults):
         raise ApiError(400, "stream_options must be {\"include_usage\": true|false}", "stream_options")
     if _number(body, "n", 1, 1, None, integer=True) != 1:
         raise ApiError(400, "n: only one choice per request (n=1) is supported", "n")
-    max_tokens = _number(body, "max_tokens", defaults.max_tokens, 1, limits.max_tokens, integer=True)
+    max_tokens = _number(body, "max_tokens", defaults.max_tokens, min_tokens, limits.max_tokens, integer=True)
     if body.get("max_completion_tokens") is not None:  # OpenAI's newer name wins
-        max_tokens = _number(body, "max_completion_tokens", max_tokens, 1, limits.max_tokens, integer=True)
+        max_tokens = _number(body, "max_completion_tokens", max_tokens, min_tokens, limits.max_tokens, integer=True)
     seed = body.get("seed")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     elif isinstance(seed, bool) or not isinstance(seed, int):
         raise ApiError(400, "seed must be an integer", "seed")
-    return ChatRequest(
-        messages=messages, model=model, stream=stream, include_usage=bool(stream and options.get("include_usage")),
+    return dict(
+        model=model, stream=stream, include_usage=bool(stream and options.get("include_usage")),
         temperature=_number(body, "temperature", defaults.temperature, 0.0, limits.max_temperature),
         top_k=_number(body, "top_k", defaults.top_k, 0, 2**31 - 1, integer=True),
         top_p=_number(body, "top_p", defaults.top_p, 0.0, 1.0, lo_open=True),

@@ -7,6 +7,9 @@ The chat server's routes, on web_http's safe plumbing:
     GET  /v1/models              every checkpoint under $NANOCHAT_BASE_DIR, named "stage/tag/step"
     GET  /v1/models/<id>         one of them
     POST /v1/chat/completions    OpenAI's chat completions, streamed (server-sent events) or not
+    POST /v1/completions         OpenAI's (legacy) text completions, with logprobs and echo (web_completions)
+    GET  /tokenizer              the tokenizer page (nanochat/tokenizer.html), on POST /tokenize
+    POST /tokenize, /detokenize  text <-> tokens; GET /tokenizer_info (the routes vLLM has, for lm-eval)
 
 A chat completion borrows a worker from the pool for its length (web_pool), generates through a
 Reply (web_reply), and between tokens checks whether the client is still there: a client that
@@ -23,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from nanochat.common import UserError, get_base_dir
 from nanochat.tokenizer import render_for_completion
+from nanochat.web_completions import TOKENIZER_PAGE, TokenizerCache, completions, detokenize, tokenize, tokenizer_info
 from nanochat.web_http import GuardedServer, JsonHandler
 from nanochat.web_models import list_checkpoints, resolve_model
 from nanochat.web_reply import Reply
@@ -46,10 +50,12 @@ class ChatHandler(JsonHandler):
                 if path == "/health":  # liveness for probes without the key; the details need it
                     return self.send_json(200, {"status": "ok"})
                 raise self.unauthorized()
-            if path in ("/", "/index.html"):
-                with open(UI_PATH, "rb") as f:  # read each time: edit the page, reload the browser
+            if path in ("/", "/index.html", "/tokenizer"):
+                with open(UI_PATH if path != "/tokenizer" else TOKENIZER_PAGE, "rb") as f:  # read each time: edit, reload
                     page = f.read()
                 self.send_body(200, page, "text/html; charset=utf-8", [("Content-Security-Policy", PAGE_CSP)])
+            elif path == "/tokenizer_info":
+                self.send_json(200, tokenizer_info(self.server))
             elif path == "/health":
                 self.send_json(200, self.server.health())
             elif path == "/v1/models":
@@ -75,10 +81,12 @@ class ChatHandler(JsonHandler):
         try:
             if not self.authorized():
                 raise self.unauthorized()
-            if path.rstrip("/") != "/v1/chat/completions":
+            routes = {"/v1/chat/completions": self.chat_completions, "/v1/completions": lambda: completions(self),
+                      "/tokenize": lambda: tokenize(self), "/detokenize": lambda: detokenize(self)}
+            if path.rstrip("/") not in routes:
                 self.close_connection = True  # its body is not read
                 raise ApiError(404, f"nothing at POST {path[:200]}", code="not_found")
-            self.chat_completions()
+            routes[path.rstrip("/")]()
         except ApiError as e:
             self.server.count("errors")
             self.send_api_error(e)
@@ -95,7 +103,7 @@ class ChatHandler(JsonHandler):
         error = ApiError(500, f"internal error: {type(e).__name__}: {e}", code="internal_error")
         try:
             if self.streaming:
-                self._event(error.body())
+                self.send_event(error.body())
                 self.wfile.write(b"0\r\n\r\n")
             else:
                 self.send_api_error(error)
@@ -144,19 +152,19 @@ class ChatHandler(JsonHandler):
         server.count("completed")
         if req.stream:
             if req.include_usage:
-                self._event(dict(head, object="chat.completion.chunk", choices=[], usage=usage, timings=timings))
-            self._event("[DONE]")
-            self.wfile.write(b"0\r\n\r\n")  # the last chunk of the chunked body
+                self.send_event(dict(head, object="chat.completion.chunk", choices=[], usage=usage, timings=timings))
+            self.end_stream()
         else:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                       "finish_reason": reply.finish_reason}
             self.send_json(200, dict(head, object="chat.completion", choices=[choice], usage=usage, timings=timings))
 
-    def _event(self, obj):
+    def send_event(self, obj):
         data = b"data: " + (obj.encode() if isinstance(obj, str) else json.dumps(obj).encode()) + b"\n\n"
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
-    def _stream(self, reply, head, include_usage):
+    def start_stream(self):
+        """The head of a stream of server-sent events (send_event each, then end_stream)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
@@ -164,14 +172,21 @@ class ChatHandler(JsonHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.streaming = True
+
+    def end_stream(self):
+        self.send_event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")  # the last chunk of the chunked body
+
+    def _stream(self, reply, head, include_usage):
+        self.start_stream()
         chunk = dict(head, object="chat.completion.chunk")
         def delta(d, finish_reason=None):
             choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason}
             return dict(chunk, choices=[choice], **({"usage": None} if include_usage else {}))
-        self._event(delta({"role": "assistant", "content": ""}))
+        self.send_event(delta({"role": "assistant", "content": ""}))
         for piece in reply:
-            self._event(delta({"content": piece}))
-        self._event(delta({}, reply.finish_reason))
+            self.send_event(delta({"content": piece}))
+        self.send_event(delta({}, reply.finish_reason))
 
 
 class ChatServer(GuardedServer):
@@ -179,6 +194,7 @@ class ChatServer(GuardedServer):
     def __init__(self, address, pool, default_model, limits=None, defaults=None, log_conversations=False, quiet=False,
                  api_key=None, allow_no_auth=False):
         self.pool, self.default_model = pool, default_model
+        self.tokenizers = TokenizerCache()
         self.defaults = defaults or Defaults()
         self.log_path, self.log_lock = None, threading.Lock()
         if log_conversations:

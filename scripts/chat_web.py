@@ -9,10 +9,13 @@ Any OpenAI client works against it, e.g. in Python:
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none")  # or the server's key
     client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "Hi!"}])
+    client.completions.create(model="base", prompt="Once upon a time", max_tokens=20, logprobs=2, echo=True)
 Models are named stage/tag/step ("sft/d20/650"; "sft" or "sft/d20" pick the latest); GET /v1/models
 lists every checkpoint under $NANOCHAT_BASE_DIR. One worker per GPU (one on CPU) generates; other
-requests wait in a queue. The server itself is in nanochat/web*.py (web.py maps them), the page in
-nanochat/ui.html.
+requests wait in a queue. POST /v1/completions continues raw text (base models too: -i base), with
+logprobs and echo for loglikelihood evaluation (lm-eval's local-completions works against it); the
+tokenizer page at /tokenizer shows how text becomes tokens (POST /tokenize). The server itself is in
+nanochat/web*.py (web.py maps them), the pages in nanochat/ui.html and nanochat/tokenizer.html.
 
 With an API key (--api_key, or better NANOCHAT_API_KEY: a command line is visible to every user of
 the machine) every request needs it, compared in constant time: programs send
@@ -57,6 +60,7 @@ g.add_argument("--max_message_chars", type=int, default=8000, help="characters p
 g.add_argument("--max_total_chars", type=int, default=32000, help="characters in all messages (default 32000)")
 g.add_argument("--max_tokens_limit", type=int, default=4096, help="largest max_tokens a request may ask for (default 4096)")
 g.add_argument("--max_temperature", type=float, default=2.0, help="largest temperature (default 2)")
+g.add_argument("--max_prompts", type=int, default=32, help="prompts in one /v1/completions request (default 32)")
 g.add_argument("--max_body_bytes", type=int, default=1 << 20, help="request body size (default 1 MiB)")
 g.add_argument("--max_waiting", type=int, default=32, help="requests that may wait for a worker; more get a 503 (default 32)")
 g.add_argument("--queue_timeout", type=float, default=120.0, help="seconds a request may wait for a worker (default 120)")
@@ -78,7 +82,7 @@ if not 0 <= args.port <= 65535:
     die(f"--port must be between 0 and 65535, got {args.port}")
 if args.workers < 0:
     die(f"--workers must be 0 (automatic) or more, got {args.workers}")
-for name in ("max_messages", "max_message_chars", "max_total_chars", "max_tokens_limit", "max_body_bytes", "max_waiting",
+for name in ("max_messages", "max_prompts", "max_message_chars", "max_total_chars", "max_tokens_limit", "max_body_bytes", "max_waiting",
              "max_loaded_models", "max_per_client", "max_connections", "max_connections_per_client", "request_timeout",
              "write_timeout", "max_header_bytes", "max_headers", "queue_timeout"):
     if getattr(args, name) <= 0:
@@ -119,7 +123,7 @@ try:
         w.get(key)
     limits = Limits(max_messages=args.max_messages, max_message_chars=args.max_message_chars,
                     max_total_chars=args.max_total_chars, max_tokens=args.max_tokens_limit,
-                    max_temperature=args.max_temperature, max_body_bytes=args.max_body_bytes,
+                    max_temperature=args.max_temperature, max_prompts=args.max_prompts, max_body_bytes=args.max_body_bytes,
                     max_waiting=args.max_waiting, queue_timeout=args.queue_timeout, max_per_client=args.max_per_client,
                     max_connections=args.max_connections, max_connections_per_client=args.max_connections_per_client,
                     request_timeout=args.request_timeout, write_timeout=args.write_timeout,

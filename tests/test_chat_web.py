@@ -316,7 +316,8 @@ def test_bad_requests(start_server):
     error_of(requests.post(api, data=b"[" * 100_000 + b"]" * 100_000, headers=json_header, timeout=T), 400)
     error_of(requests.post(api, data=b'{"messages": []}', headers={"Content-Type": "text/plain"}, timeout=T), 415, "Content-Type")
     error_of(requests.put(api, json={}, timeout=T), 405)
-    error_of(requests.post(url + "v1/completions", json={}, timeout=T), 404)
+    error_of(requests.post(url + "v1/completions", json={}, timeout=T), 400, "prompt")  # a text completion needs a prompt
+    error_of(requests.post(url + "v1/nothing", json={}, timeout=T), 404)
     # another host name pointed at 127.0.0.1 (DNS rebinding) gets nothing
     error_of(requests.get(url + "health", headers={"Host": "evil.example:8000"}, timeout=T), 403)
     assert requests.get(url + "health", headers={"Host": "localhost"}, timeout=T).status_code == 200

@@ -3,8 +3,10 @@ Fuzzing the web server over real sockets: a few hundred malformed requests (bad 
 types, NaN and huge numbers, invalid UTF-8, deep nesting, oversized fields and heads, special-token
 spellings in every text field, random bytes), each answered with a 4xx and a JSON error in the
 one shape, while the server keeps serving; a valid request every so often proves it. Special
-tokens typed into fields that take text (content, stop) are no error: those get a 200, and the
-prompt holds no special token the server did not put there.
+tokens typed into fields that take text (content, stop, a completion's prompt, the tokenizer's
+text) are no error: those get a 200, and the prompt holds no special token the server did not put
+there. The routes: chat completions, and (completions_and_tokenizer) /v1/completions, /tokenize,
+/detokenize, /tokenizer_info and the tokenizer page.
 """
 import json
 import random
@@ -157,6 +159,46 @@ def framing():
     return [("framing", c, None) for c in cases]
 
 
+PROMPT = {"prompt": "hi", "max_tokens": 1}
+WRONG_COMPLETION = {  # /v1/completions: its own fields (the shared ones are fuzzed through chat above)
+    "prompt": [None, True, 0, 1.5, [], {}, [[]], [None], [-1], [1.5], [True], ["a", [1]], [1, [2]], [[1], "a"], [{"a": 1}],
+               [400], [10 ** 9], [2 ** 31], [[1], [-5]], [10 ** 400], ["a"] * 33, "x" * 4001, "\ud800", ["ok", "\udfff"],
+               [1] * 2049],
+    "echo": ["true", 1, [], {}, "yes"],
+    "logprobs": [-1, 21, 1.5, "1", True, [], {}, 10 ** 400, 1e300],
+    "best_of": [2, 0, "1", []],
+    "suffix": ["x", 5, []],
+    "max_tokens": [-1, 1.5, "0", 10 ** 6],
+    "stream": ["yes", 1],
+}
+
+
+def completions_and_tokenizer():
+    """Wrong fields for /v1/completions, /tokenize and /detokenize; the key on every new route."""
+    cases = []
+    for name, values in WRONG_COMPLETION.items():
+        for v in values:
+            cases.append((f"wrong {name}", request(dict(PROMPT, **{name: v}), path="/v1/completions"), name))
+    cases.append(("wrong logprobs", request(dict(PROMPT, stream=True, logprobs=1), path="/v1/completions"), "logprobs"))
+    cases.append(("wrong prompt", request({"max_tokens": 1}, path="/v1/completions"), "prompt"))
+    for body, field in [({}, "text"), ({"text": None}, "text"), ({"text": 5}, "text"), ({"text": ["a"]}, "text"),
+                        ({"text": "x" * 4001}, "text"), ({"text": "\ud800"}, "text"), ({"text": "a", "prompt": "a"}, "text"),
+                        ({"prompt": 5}, "prompt"), ({"prompt": "a", "add_special_tokens": 1}, "add_special_tokens"),
+                        ({"text": {"a": 1}}, "text")]:
+        cases.append(("wrong tokenize", request(body, path="/tokenize"), field))
+    for v in [None, 5, "1", [-1], [400], [1.5], [True], [[1]], [10 ** 400]]:
+        cases.append(("wrong detokenize", request({"tokens": v}, path="/detokenize"), "tokens"))
+    for path, body in [("/v1/completions", PROMPT), ("/tokenize", {"text": "hi"}), ("/detokenize", {"tokens": [72]})]:
+        for headers in ("", "Authorization: Bearer wrong\r\n", "Authorization: Basic !!!\r\n"):
+            cases.append(("framing", request(body, path=path, headers=headers), None))
+        cases += [("framing", request(body, path=path, content_type="text/plain"), None),
+                  ("framing", request(body, path=path, length="none"), None), ("bad JSON", request(b"{", path=path), None),
+                  ("bad JSON", request(b"[1]", path=path), None), ("invalid UTF-8", request(b'{"text": "\xff"}', path=path), None)]
+    for path in ("/tokenizer", "/tokenizer_info"):
+        cases.append(("framing", request(b"", method="GET", path=path, headers="", content_type=None), None))
+    return cases
+
+
 def special_tokens():
     """(name, bytes, field, expect_ok): every special token spelled in every text field."""
     cases = []
@@ -169,6 +211,12 @@ def special_tokens():
                "content part": with_field("messages", [{"role": "user", "content": [{"type": "text", "text": text}]}]),
                "stop": with_field("stop", [sp, text]),
                "stream_options key": with_field("stream_options", {sp: True})}
+        for field, body in {"prompt": dict(PROMPT, prompt=text), "prompts": dict(PROMPT, prompt=[text, sp]),
+                            "completion stop": dict(PROMPT, stop=[sp])}.items():
+            cases.append((f"special token in {field}", request(body, path="/v1/completions", headers=AUTH + "Connection: close\r\n"),
+                          field, True))
+        cases.append(("special token in tokenize text", request({"text": text}, path="/tokenize",
+                                                                headers=AUTH + "Connection: close\r\n"), "text", True))
         bads = {"role": with_field("messages", [{"role": sp, "content": "hi"}]),
                 "model": with_field("model", sp), "model tag": with_field("model", f"sft/{sp}"),
                 "part type": with_field("messages", [{"role": "user", "content": [{"type": sp, "text": "hi"}]}]),
@@ -208,7 +256,7 @@ def test_fuzz(start_server, tiny_base_dir):
     server, url = start_server(workers=1, limits=LIMITS, api_key=KEY)
     rng = random.Random(1234)
     cases = [(n, b, f, False) for n, b, f in bad_json() + wrong_types() + invalid_utf8() + deep_nesting() + oversized()
-             + framing() + random_bytes(rng)] + special_tokens()
+             + framing() + random_bytes(rng) + completions_and_tokenizer()] + special_tokens()
     rng.shuffle(cases)
     tok = get_tokenizer()
     specials = {tok.encode_special(s) for s in SPECIALS}
@@ -222,7 +270,17 @@ def test_fuzz(start_server, tiny_base_dir):
             if reply is None:
                 problems.append((name, status, body[:200]))
                 continue
-            messages = json.loads(data.split(b"\r\n\r\n", 1)[1])["messages"]
+            sent = json.loads(data.split(b"\r\n\r\n", 1)[1])
+            if "text" in sent or "prompt" in sent:  # the tokenizer, or a text completion: the text's tokens, nothing special
+                texts = [sent["text"]] if "text" in sent else [sent["prompt"]] if isinstance(sent["prompt"], str) else sent["prompt"]
+                ids = [t["id"] for t in reply["tokens"]] if "text" in sent else None
+                count = reply["count"] if "text" in sent else reply["usage"]["prompt_tokens"]
+                want = sum(len(tok.encode(t)) + ("prompt" in sent) for t in texts)  # a completion's prompt gets its <|bos|>
+                if count != want or (ids is not None and (ids != tok.encode(texts[0]) or specials & set(ids))):
+                    problems.append((name, "typed special tokens became special", count, want))
+                tally["200 (text fields)"] += 1
+                continue
+            messages = sent["messages"]
             for m in messages:
                 m["content"] = "".join(p["text"] for p in m["content"]) if isinstance(m["content"], list) else m["content"]
             ids = render_for_completion(tok, {"messages": messages})
