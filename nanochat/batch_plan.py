@@ -21,18 +21,19 @@ POW2_BATCH_SIZES = tuple(2 ** i for i in range(10))  # 1 .. 512
 
 
 def fits(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
-         margin=SAFETY_MARGIN):
-    """True when the estimated total (context included) fits the card with `margin` of it to spare."""
-    est = estimate_memory(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile)
+         margin=SAFETY_MARGIN, lora=None):
+    """True when the estimated total (context included) fits the card with `margin` of it to spare
+    (lora: nanochat.lora's settings, for a frozen base with adapters)."""
+    est = estimate_memory(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, lora=lora)
     return est["total"] <= gpu_mem_bytes * (1.0 - margin)
 
 
 def auto_batch_size(config, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes,
-                    candidates=POW2_BATCH_SIZES, margin=SAFETY_MARGIN):
+                    candidates=POW2_BATCH_SIZES, margin=SAFETY_MARGIN, lora=None):
     """The largest candidate batch size whose estimate fits the card (with margin); 0 if none does."""
     best = 0
     for b in sorted(candidates):
-        if fits(config, b, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes, margin):
+        if fits(config, b, seq_len, precision, optimizer, grad_checkpoint, compile, gpu_mem_bytes, margin, lora=lora):
             best = b
         else:
             break  # memory only grows with the batch size
@@ -53,16 +54,17 @@ def device_memory_bytes(device):
 # the training scripts' batch plan
 
 def resolve_batch_plan(device_batch_size, total_batch_size, config, seq_len, dtype, optimizer, grad_checkpoint,
-                       compile, device, world_size):
+                       compile, device, world_size, lora=None):
     """
     The training scripts' --device_batch_size (a positive integer, or 'auto': the largest the
     estimate says fits this device) and gradient accumulation derived from --total_batch_size
-    tokens (0 or less: no accumulation). Returns (B, total_batch_size, grad_accum_steps); raises
-    UserError with one line when the numbers cannot work.
+    tokens (0 or less: no accumulation); lora: the adapters' settings when the base is frozen
+    (nanochat.lora). Returns (B, total_batch_size, grad_accum_steps); raises UserError with one
+    line when the numbers cannot work.
     """
     if device_batch_size == "auto":
         B = auto_batch_size(config, seq_len, precision_name(dtype), optimizer, grad_checkpoint, compile,
-                            device_memory_bytes(device))
+                            device_memory_bytes(device), lora=lora)
         if B == 0:
             raise UserError(f"even batch size 1 at sequence length {seq_len} does not fit this device: "
                             f"try --grad_checkpoint, a shorter --max_seq_len or a smaller model")

@@ -189,7 +189,11 @@ def build_model(checkpoint_dir, step, device, phase):
     """Returns (model, tokenizer, meta) for one checkpoint; phase 'train' or 'eval'."""
     from nanochat.tokenizer import get_tokenizer
     model_state, _, meta = load_checkpoint(checkpoint_dir, step, device)
-    model = model_from_state(model_state, meta["model_config"], device)
+    if "lora" in meta:  # a LoRA adapter: its base checkpoint, with the adapter folded in (nanochat.lora)
+        from nanochat.lora import model_from_adapter
+        model = model_from_adapter(model_state, meta, device, checkpoint_dir)
+    else:
+        model = model_from_state(model_state, meta["model_config"], device)
     model.train() if phase == "train" else model.eval()
     try:
         tokenizer = get_tokenizer()
@@ -205,6 +209,7 @@ def load_model(source, device, phase, model_tag=None, step=None):
     """
     Load a model by stage: source is 'base', 'mid', 'sft' or 'rl'. model_tag defaults to the
     deepest model, step to the latest complete checkpoint. Returns (model, tokenizer, meta).
+    A LoRA adapter checkpoint comes back as its base model with the adapter merged in.
     """
     checkpoints_dir = get_checkpoints_dir(source)
     if model_tag is None:

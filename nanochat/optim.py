@@ -160,13 +160,20 @@ def _split_by_layer(model, params, layer_lr, name, lr):
 
 
 def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
-                     scalar_lr=0.004, adamw_lr=0.001, weight_decay=0.0, betas=(0.8, 0.95), layer_lr=None):
+                     scalar_lr=0.004, adamw_lr=0.001, weight_decay=0.0, betas=(0.8, 0.95), layer_lr=None, lora_lr=1e-3):
     """
-    Returns a list of optimizers covering every parameter once. AdamW learning rates are scaled by
-    1/sqrt(model_dim/768), tuned at width 768 as in nanochat. layer_lr ({block index: multiplier},
-    see parse_layer_lr) scales the rates of those blocks' matrices and vectors, for Muon and AdamW
-    alike. Each group remembers its `initial_lr` so the training loop can apply a schedule
-    multiplier, and has a `name` for the start-up table (describe_optimizers).
+    Returns a list of optimizers covering every trainable parameter once (frozen ones, such as a
+    LoRA model's base, get no group and no state; groups and optimizers left empty are dropped).
+    AdamW learning rates are scaled by 1/sqrt(model_dim/768), tuned at width 768 as in nanochat.
+    layer_lr ({block index: multiplier}, see parse_layer_lr) scales the rates of those blocks'
+    matrices and vectors, for Muon and AdamW alike. Each group remembers its `initial_lr` so the
+    training loop can apply a schedule multiplier, and has a `name` for the start-up table
+    (describe_optimizers).
+    LoRA adapters (nanochat.lora) are an AdamW group of their own at lora_lr (times layer_lr),
+    whatever the kind: Muon's orthogonalised update has a fixed size per matrix, which for a
+    rank-r B that starts at zero, times a random A, is not the update that LoRA's known rates and
+    alpha/rank assume; and the adapters are too small for Muon's smaller state to matter. Their
+    groups are marked `fixed_lr`: --init_lr_frac, a fraction of the pretraining rates, is not for them.
     """
     layer_lr = layer_lr or {}
     n_embd = model.config.n_embd
@@ -174,9 +181,12 @@ def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unemb
     wte = model.transformer.wte.weight
     lm_head = model.lm_head.weight
     tied = wte is lm_head
-    matrices = [p for p in model.transformer.h.parameters() if p.ndim == 2]
+    from nanochat.lora import adapter_parameters
+    adapters = adapter_parameters(model)
+    is_adapter = {id(p) for p in adapters}
+    matrices = [p for p in model.transformer.h.parameters() if p.ndim == 2 and id(p) not in is_adapter]
     vectors = [p for p in model.parameters() if p.ndim == 1]
-    assert len(matrices) + len(vectors) + (1 if tied else 2) == len(list(model.parameters()))
+    assert len(matrices) + len(vectors) + len(adapters) + (1 if tied else 2) == len(list(model.parameters()))
     fused = wte.is_cuda  # fused AdamW kernel where available
     # a tied matrix is also the classifier, which wants the gentle unembedding rate
     adam_groups = [dict(params=[wte], lr=(unembedding_lr if tied else embedding_lr) * dmodel_lr_scale,
@@ -185,16 +195,25 @@ def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unemb
         adam_groups.append(dict(params=[lm_head], lr=unembedding_lr * dmodel_lr_scale, name="lm_head"))
     if vectors:
         adam_groups += _split_by_layer(model, vectors, layer_lr, "vectors", scalar_lr * dmodel_lr_scale)
-    optimizers = []
+    if adapters:
+        adam_groups += [dict(g, fixed_lr=True) for g in _split_by_layer(model, adapters, layer_lr, "lora adapters", lora_lr)]
+    trainable = lambda groups: [g for g in (dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups)
+                                if g["params"]]
     if kind == "muon":
-        optimizers.append(torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay, fused=fused))
-        optimizers.append(Muon(_split_by_layer(model, matrices, layer_lr, "matrices", matrix_lr), lr=matrix_lr,
-                               momentum=0.95, weight_decay=weight_decay))
+        muon_groups = trainable(_split_by_layer(model, matrices, layer_lr, "matrices", matrix_lr))
     elif kind == "adamw":
         adam_groups += _split_by_layer(model, matrices, layer_lr, "matrices", adamw_lr)
-        optimizers.append(torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay, fused=fused))
+        muon_groups = []
     else:
         raise ValueError(f"optimizer must be 'muon' or 'adamw', got {kind!r}")
+    adam_groups = trainable(adam_groups)
+    if not adam_groups and not muon_groups:
+        raise ValueError("nothing to train: every parameter of the model is frozen")
+    optimizers = []
+    if adam_groups:
+        optimizers.append(torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay, fused=fused))
+    if muon_groups:
+        optimizers.append(Muon(muon_groups, lr=matrix_lr, momentum=0.95, weight_decay=weight_decay))
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]

@@ -127,8 +127,9 @@ def plan_batches(args, config, T, dtype, device, world_size):
     steps), printed once. Raises UserError with one line when the numbers cannot work.
     """
     from nanochat.batch_plan import resolve_batch_plan
+    from nanochat.lora import lora_from_args  # --lora_rank: frozen weights need no gradients or optimizer state
     B, total, accum = resolve_batch_plan(args.device_batch_size, args.total_batch_size, config, T, dtype, args.optimizer,
-                                         args.grad_checkpoint, args.compile, device, world_size)
+                                         args.grad_checkpoint, args.compile, device, world_size, lora=lora_from_args(args))
     if args.device_batch_size == "auto":
         print0(f"--device_batch_size auto: {B}")
     print0(f"tokens per step: {total:,} = {B} x {T} x {world_size} ranks x {accum} accumulation steps")

@@ -26,6 +26,8 @@ Batches: an iterator with state_dict() (where the next batch starts; saved with 
 one entry per rank). One that can run out (SFT by epochs; `finite` not False) may do so on one rank
 inside an accumulation: that rank finishes the step on zero-weighted repeats of its last batch, so
 every rank runs the same micro-steps (DDP would hang otherwise), and all stop at the step's end.
+One with `lookahead` False is not drawn ahead: each batch is drawn when its step needs it (RL
+rollouts, sampled with the weights that step trains); such an iterator must never run out.
 A batch is a tuple handed to loss_fn(model, *batch) -> loss, or (loss, {name: value}) to log more.
 A model with MoE layers trains on loss + --moe_aux_weight x their load-balancing loss, whatever
 the loss_fn; the logged loss stays the loss_fn's, with moe_aux and the expert loads beside it.
@@ -41,12 +43,14 @@ import torch.distributed as dist
 from nanochat.common import (UserError, autocast_ctx, compute_cleanup, die, get_dist_info, get_max_memory, get_peak_flops,
                              init_wandb, print0, synchronize, wrap_ddp)
 from nanochat.checkpoint_manager import find_last_step, load_checkpoint, save_checkpoint
+from nanochat import lora
 from nanochat.metrics import RunLog
 from nanochat.mlp import moe_layers, moe_stats
 from nanochat.optim import build_optimizers, describe_optimizers, muon_momentum, parse_layer_lr, step_optimizers
 from nanochat.train_settings import LR_FLAGS, TRAIN_DEFAULTS, lr_multiplier, save_every_value
 
 OOM_STEPS = 10  # an out-of-memory error in this many first steps of a run halves the micro-batch
+_NOT_DRAWN = object()  # the pending batch of batches without lookahead: drawn when a step needs it
 
 
 def split_batch(batch, parts):
@@ -88,12 +92,13 @@ class Trainer:
         model.grad_checkpoint = args.grad_checkpoint
         self.optimizers = build_optimizers(model, kind=args.optimizer, matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr,
                                            unembedding_lr=args.unembedding_lr, scalar_lr=args.scalar_lr, adamw_lr=args.adamw_lr,
-                                           weight_decay=args.weight_decay, layer_lr=parse_layer_lr(args.layer_lr, model.config.n_layer))
+                                           weight_decay=args.weight_decay, layer_lr=parse_layer_lr(args.layer_lr, model.config.n_layer),
+                                           lora_lr=getattr(args, "lora_lr", lora.DEFAULTS["lora_lr"]))
         for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
+            for group in opt.param_groups:  # (LoRA adapters: --lora_lr as given, see nanochat.optim)
+                group["lr"] = group["initial_lr"] = group["initial_lr"] * (1.0 if group.get("fixed_lr") else args.init_lr_frac)
         self.scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
-        self.num_flops_per_token = model.estimate_flops()
+        self.num_flops_per_token = lora.estimate_flops(model)
         self.peak_flops = get_peak_flops(self.device)
         self.model = model
         if args.compile:
@@ -146,7 +151,7 @@ class Trainer:
             return None
         model_state, optim_state, meta = load_checkpoint(self.checkpoint_dir, step, self.device, load_optimizer=True)
         self._check_resumable(meta, optim_state)
-        self.orig_model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model_state.items()})
+        lora.load_model_state(self.orig_model, model_state, self.checkpoint_dir)  # with LoRA: the adapters alone
         fresh = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in self.optimizers]
         for opt, state, groups in zip(self.optimizers, optim_state, fresh):
             opt.load_state_dict(state)
@@ -174,6 +179,7 @@ class Trainer:
         if saved_config.to_dict() != self.orig_model.config.to_dict():  # (fields added since default in the saved one)
             raise UserError(f"the checkpoint in {self.checkpoint_dir} has a different architecture: pass the same "
                             f"architecture flags, or another --model_tag/--output_tag")
+        lora.check_resume(self.orig_model, meta, self.checkpoint_dir)
         groups = [len(s.get("param_groups", [])) for s in optim_state] if isinstance(optim_state, list) else None
         if groups != [len(opt.param_groups) for opt in self.optimizers]:
             raise UserError(f"the optimizer state in {self.checkpoint_dir} has other parameter groups than these flags make "
@@ -204,10 +210,11 @@ class Trainer:
         meta = {
             "step": self.step, **self.val, "model_config": self.orig_model.config.to_dict(), "user_config": self.user_config,
             "device_batch_size": self.B, "max_seq_len": self.T, "total_batch_size": self.tokens_per_step,
-            "num_iterations": self.planned_iterations, **run_meta, "dataloader_state": states, "loop_state": loop,
+            "num_iterations": self.planned_iterations, **run_meta, **lora.lora_meta(self.orig_model),
+            "dataloader_state": states, "loop_state": loop,
         }
-        try:
-            save_checkpoint(self.checkpoint_dir, self.step, self.orig_model.state_dict(),
+        try:  # a LoRA model saves its adapters alone (and their optimizer state): a few MB
+            save_checkpoint(self.checkpoint_dir, self.step, lora.model_state(self.orig_model),
                             [opt.state_dict() for opt in self.optimizers], meta, keep_last=self.args.keep_last)
         except UserError as e:  # a full disk: say so in one line; the previous checkpoint is intact
             die(str(e))
@@ -218,11 +225,13 @@ class Trainer:
     # one optimizer step
 
     def set_batches(self, batches):
-        """Start drawing from batches; one batch is always drawn ahead, so a run out of data is known before its step."""
+        """Start drawing from batches; one batch is drawn ahead (unless batches.lookahead is False), so a run out of
+        data is known before its step."""
         self.batches = batches
         self._state_of = getattr(batches, "state_dict", lambda: None)  # (a benchmark's batches have no position)
+        self._lookahead = getattr(batches, "lookahead", True)
         self._pending_state = self._state_of()  # where the pending batch starts: the resume point
-        self._pending = next(batches, None)
+        self._pending = next(batches, None) if self._lookahead else _NOT_DRAWN
         self._last_batch = None
 
     def data_state(self):
@@ -231,6 +240,8 @@ class Trainer:
 
     def _next_batch(self):
         """(batch, weight): weight 0 for a repeat of the last batch once this rank's data has run out."""
+        if self._pending is _NOT_DRAWN:
+            self._pending = next(self.batches, None)
         if self._pending is None:
             if not getattr(self, "_said_out", False):
                 print(f"rank {self.rank}: out of data inside step {self.step + 1}: it finishes on zero-weighted repeats", flush=True)
@@ -238,7 +249,7 @@ class Trainer:
             return self._last_batch, 0
         batch = self._last_batch = self._pending
         self._pending_state = self._state_of()
-        self._pending = next(self.batches, None)
+        self._pending = next(self.batches, None) if self._lookahead else _NOT_DRAWN
         return batch, 1
 
     def _out_of_data(self, finite):
@@ -507,7 +518,7 @@ class Trainer:
         """The calculator's promise, checked on this run (scripts.vram_calc explains the parts)."""
         from nanochat.vram import estimate_memory, precision_name
         est = estimate_memory(self.orig_model.config, self.B, self.T, precision_name(self.dtype), self.args.optimizer,
-                              self.args.grad_checkpoint, self.args.compile)["reserved"]
+                              self.args.grad_checkpoint, self.args.compile, lora=lora.lora_settings(self.orig_model))["reserved"]
         measured = get_max_memory(self.device_type)
         print0(f"memory: estimated {est / 2**30:.2f} GiB, measured peak reserved {measured / 2**30:.2f} GiB "
                f"({100 * (est - measured) / measured:+.1f}%)")

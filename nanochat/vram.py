@@ -46,7 +46,8 @@ here so that `python -m scripts.vram_calc --measure` on a GPU can correct them.
 
 Elsewhere: the measurement on a CUDA GPU (train_steps, measure_memory, measure_cuda_context) is
 nanochat/vram_measure.py; what fits a card and --device_batch_size auto (fits, auto_batch_size,
-resolve_batch_plan) is nanochat/batch_plan.py.
+resolve_batch_plan) is nanochat/batch_plan.py; what LoRA (a frozen base, adapters trained: `lora=`)
+changes is nanochat/vram_lora.py.
 """
 import torch
 
@@ -103,18 +104,22 @@ def _step_workspace(info, optimizer):
 
 
 def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="muon",
-                    grad_checkpoint=False, compile=False, device_type="cuda"):
+                    grad_checkpoint=False, compile=False, device_type="cuda", lora=None):
     """
     Transient memory (beyond weights, grads and optimizer state) in each phase of a training
     step and in the evaluation between steps, split into activations / logits / workspace, with
     their sum ("total", allocated), the fp32 gradients alive in the phase ("gradients": all of
     them during a step, none during evaluation) and the allocator segments the phase reserves
     beyond it ("fragmentation"). estimate_memory() takes the phase with the largest
-    gradients + total + fragmentation (peak_phase).
+    gradients + total + fragmentation (peak_phase). lora: nanochat.lora's settings (rank, targets,
+    dropout) when the base is frozen and adapters train (nanochat.vram_lora).
     """
     _check(precision, optimizer, device_type)
     if batch_size <= 0 or seq_len <= 0:
         raise ValueError(f"batch size and sequence length must be positive, got {batch_size} x {seq_len}")
+    if lora:
+        from nanochat.vram_lora import lora_phases
+        return lora_phases(config, batch_size, seq_len, precision, grad_checkpoint, compile, device_type, lora)
     c = config
     N = batch_size * seq_len
     info = param_info(c)
@@ -175,7 +180,7 @@ def peak_phase(phases):
 
 
 def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="muon",
-                    grad_checkpoint=False, compile=False):
+                    grad_checkpoint=False, compile=False, lora=None):
     """
     Estimated peak GPU memory of training steps and the evaluations between them, bytes per
     component (see COMPONENTS), at the peak phase (estimate_phases):
@@ -189,9 +194,11 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
       allocator     caching-allocator rounding/fragmentation (reserved minus allocated)
       cuda_context  driver/kernels context, outside max_memory_reserved
     plus "reserved" (the sum of the first seven: the estimate of torch.cuda.max_memory_reserved)
-    and "total" (reserved + cuda_context: what the card must hold).
+    and "total" (reserved + cuda_context: what the card must hold). With lora (nanochat.lora's
+    settings) the base is frozen: weights add the adapters, gradients and optimizer state
+    (AdamW) are the adapters' alone, and the activations are vram_lora's.
     """
-    phases = estimate_phases(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile)
+    phases = estimate_phases(config, batch_size, seq_len, precision, optimizer, grad_checkpoint, compile, lora=lora)
     peak = phases[peak_phase(phases)]
     info = param_info(config)
     est = {
@@ -204,6 +211,10 @@ def estimate_memory(config, batch_size, seq_len, precision="bf16", optimizer="mu
     }
     if compile:
         est["workspace"] += COMPILE_WORKSPACE_BYTES + int(COMPILE_WORKSPACE_FRACTION * (peak["activations"] + peak["logits"]))
+    if lora:
+        from nanochat.vram_lora import adapter_info, state_bytes
+        est["weights"] += 4 * adapter_info(config, lora)["adapters"]
+        est["optimizer"] = state_bytes(config, lora)[1]
     est["allocator"] = int(FRAGMENTATION * (est["activations"] + est["logits"] + est["workspace"])) + peak["fragmentation"]
     est["cuda_context"] = CUDA_CONTEXT_BYTES
     est = {k: int(v) for k, v in est.items()}
@@ -294,7 +305,7 @@ def _eval_loss_bytes(config, n_tokens, low):
     return 4 * C * N + (p * V * C + p * n * C if low else 0) + 8 * n * V
 
 
-def evaluation_phase(config, batch_size, seq_len, precision="bf16", device_type="cuda"):
+def evaluation_phase(config, batch_size, seq_len, precision="bf16", device_type="cuda", lora=None):
     """
     The evaluation between steps (nanochat.loss_eval.evaluate_bpb at the training batch size):
     the uncompiled model in eval mode under no_grad and the trainer's autocast, after
@@ -307,6 +318,8 @@ def evaluation_phase(config, batch_size, seq_len, precision="bf16", device_type=
     them from segments it already holds. Compile does not change it: the trainer evaluates the
     uncompiled model. (On a CPU, a bf16 matmul takes a scratch buffer of its own, which CUDA's
     cuBLAS keeps in its workspace: the CPU checks compare bf16 where the loss is the peak.)
+    lora: a frozen base with adapters (nanochat.vram_lora: autocast caches the adapters' casts
+    only; an adapted linear adds its update to its output).
     """
     _check(precision, device_type=device_type)
     c = config
@@ -315,6 +328,9 @@ def evaluation_phase(config, batch_size, seq_len, precision="bf16", device_type=
     casts = 2 * param_info(c)["block_matrices"] if low else 0
     C = c.n_embd
     block = N * max(8 * C + _eval_attention_bytes(c, low), 12 * C + _eval_mlp_bytes(c, low))
+    if lora:
+        from nanochat.vram_lora import eval_block_bytes, eval_casts
+        casts, block = eval_casts(c, lora, low), max(block, N * eval_block_bytes(c, lora, low))
     loss = _eval_loss_bytes(c, N, low)
     in_loss = loss >= block
     n = min(N, chunk_rows(c.vocab_size))

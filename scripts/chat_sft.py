@@ -6,6 +6,7 @@ mixture at the full learning rate); only the defaults differ (nanochat.chat_data
     python -m scripts.chat_sft                                    # defaults: built-in tasks (+ SmolTalk when downloaded)
     python -m scripts.chat_sft --mixture exercises:6,chat:1,my_chats.txt:3
     python -m scripts.chat_sft --resume auto                      # after a reboot: the same command again
+    python -m scripts.chat_sft --lora_rank 16 --output_tag d20_lora   # LoRA: the base frozen, adapters saved alone
     torchrun --nproc_per_node 8 -m scripts.chat_sft
 
 Settings -> setup -> loop (nanochat.trainer). Conversations are packed whole into rows and only
@@ -22,6 +23,7 @@ from nanochat.common import ArgumentParser, compute_init, compute_cleanup, print
 from nanochat.checkpoint_manager import get_checkpoints_dir
 from nanochat.chat_data import (PHASES, add_chat_args, start_model, chat_mixtures, ConversationBatches, count_steps,
                                 chat_loss, evaluate_loss, sample_replies)
+from nanochat.lora import add_lora_args, apply_lora_from_args, lora_from_args
 from nanochat.train_settings import add_training_args, plan_batches
 from nanochat.trainer import Trainer
 
@@ -37,6 +39,7 @@ parser = ArgumentParser(prog=f"python -m scripts.{'mid_train' if PHASE == 'mid' 
 add_device_args(parser)
 add_chat_args(parser, PHASE)
 add_training_args(parser, total_batch_size=-1, init_lr_frac=d["init_lr_frac"], warmdown_ratio=d["warmdown_ratio"], eval_every=100)
+add_lora_args(parser)
 args = parser.parse_args()
 
 # -----------------------------------------------------------------------------
@@ -44,6 +47,7 @@ args = parser.parse_args()
 try:
     ddp, rank, local_rank, world_size, device = compute_init(args.device_type)
     dtype = get_compute_dtype(device.type, args.precision)
+    lora_from_args(args)  # bad LoRA flags fail before the model loads
     model, tokenizer, source_meta, source, source_tag = start_model(d["sources"], args.source, args.model_tag, args.step, device)
     spec, train_mix, val_mix = chat_mixtures(args.mixture, PHASE, args.num_conversations, args.eval_conversations, args.seed)
 except (UserError, ValueError, FileNotFoundError) as e:
@@ -51,11 +55,17 @@ except (UserError, ValueError, FileNotFoundError) as e:
 config = model.config
 checkpoint_dir = os.path.join(get_checkpoints_dir(d["out"]), args.output_tag or source_tag)
 torch.manual_seed(args.seed)
+try:  # --lora_rank: adapters on the loaded model, which stays frozen (nanochat.lora)
+    said = apply_lora_from_args(model, args, {"source": source, "model_tag": source_tag, "step": source_meta["step"]})
+except UserError as e:
+    die(str(e))
 T = args.max_seq_len or config.sequence_len
 if T > model.cos.size(1):
     die(f"--max_seq_len {T} is longer than the model's rotary table ({model.cos.size(1)})")
 print0(f"device: {device} x {world_size} | compute dtype: {dtype}")
 print0(f"{NAME} from {source}/{source_tag} step {source_meta['step']} -> {checkpoint_dir}")
+if said:
+    print0(said)
 print0(f"mixture: {spec} | {len(train_mix):,d} conversations per epoch ({', '.join(map(str, train_mix.counts()))} by task)")
 try:
     B, total_batch_size, grad_accum_steps = plan_batches(args, config, T, dtype, device, world_size)

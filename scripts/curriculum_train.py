@@ -7,6 +7,7 @@ through phases that change the data mixture, the exercise difficulty and the lea
     python -m scripts.curriculum_train --config dev/curriculum_seed.json --model_tag hamner --personal transcripts.jsonl \
         --layer_lr 7-12:0.2 --resume auto          # after a reboot: the same command again
     python -m scripts.curriculum_train --config my.json --phase 3   # start at phase 3
+    python -m scripts.curriculum_train --config my.json --lora_rank 16 --output_tag hamner_lora   # adapters only
     python -m scripts.plot_training curriculum/ittybitty            # the run, phases shaded
 
 Writes curriculum_checkpoints/<tag>/ (checkpoints record the phase; metrics.jsonl, samples.jsonl).
@@ -23,6 +24,7 @@ from nanochat.curriculum import load_curriculum, with_personal_frac, phase_at, d
 from nanochat.dataloader import BackgroundLoader, DataLoader
 from nanochat.dataset import get_data_dir
 from nanochat.exercises import generate, render_text
+from nanochat.lora import add_lora_args, apply_lora_from_args, lora_from_args
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.streams import MixedBatches, ExerciseTokens, shard_source, personal_source, source_states, shares
 from nanochat.tokenizer import get_token_bytes
@@ -46,6 +48,7 @@ parser.add_argument("--max_seq_len", type=int, default=0, help="context length (
 parser.add_argument("--warmup_steps", type=int, default=-1, help="LR warmup steps at the start of the run (-1: the curriculum's)")
 parser.add_argument("--eval_tokens", type=int, default=4 * 524288, help="tokens of each source's held-out data per evaluation")
 add_training_args(parser, total_batch_size=-1, init_lr_frac=0.1, eval_every=250)
+add_lora_args(parser)
 args = parser.parse_args()
 
 # -----------------------------------------------------------------------------
@@ -65,6 +68,7 @@ try:
         raise UserError(f"--phase {args.phase}: the curriculum has phases 1..{len(phases)}")
     if args.num_iterations > 0:
         raise UserError("the phases set the length of a curriculum run: drop --num_iterations")
+    lora_from_args(args)  # bad LoRA flags fail before the model loads
     source_tag = args.model_tag or find_model_tag(get_checkpoints_dir(args.source))
     model, tokenizer, source_meta = load_model(args.source, device, "train", source_tag, None if args.step < 0 else args.step)
     data_dirs = {n: get_data_dir(args.data if n == "pretrain" else n) for n in names if n not in ("exercises", "personal")}
@@ -78,13 +82,16 @@ T = args.max_seq_len or config.sequence_len
 if T > model.cos.size(1):
     die(f"--max_seq_len {T} is longer than the model's rotary table ({model.cos.size(1)})")
 torch.manual_seed(args.seed)
-try:
+try:  # --lora_rank: adapters on the loaded model, which stays frozen (nanochat.lora)
+    said = apply_lora_from_args(model, args, {"source": args.source, "model_tag": source_tag, "step": source_meta["step"]})
     B, total_batch_size, grad_accum_steps = plan_batches(args, config, T, dtype, device, world_size)
 except UserError as e:
     die(str(e))
 num_iterations = phases[-1].end
 print0(f"device: {device} x {world_size} | compute dtype: {dtype}")
 print0(f"warm start from {args.source}/{source_tag} step {source_meta['step']} (weights only, a fresh optimizer) -> {checkpoint_dir}")
+if said:
+    print0(said)
 print0(f"curriculum {args.config}: {len(phases)} phases, {num_iterations:,} steps of {total_batch_size:,} tokens "
        f"({B} x {T} x {world_size} ranks x {grad_accum_steps} accumulation) | warmup {warmup_steps} steps")
 for i, p in enumerate(phases):

@@ -7,6 +7,8 @@ card and the largest that does. --measure runs real training steps on a CUDA GPU
         --mlp_hidden 2048 --vocab_size 49152 --tie_embeddings --norm_weight --max_seq_len 1024 \\
         --batch_sizes 16,32 --precision bf16 --grad_checkpoint            # Hamner-164M on a 24 GB card
     python -m scripts.vram_calc --variant v05_moe_small --max_seq_len 1024 --batch_sizes 8,16   # a named contestant
+    python -m scripts.vram_calc --depth 32 --max_seq_len 2048 --batch_sizes 1,2,4 --lora_rank 16 --grad_checkpoint
+                                                # LoRA: frozen base, adapters only; full fine-tuning beside it
 
 The estimate is of torch.cuda.max_memory_reserved() ("reserved"); the CUDA context comes on top
 of it ("total"), and a batch fits when the total leaves a 5% margin of the card free.
@@ -19,6 +21,8 @@ import torch
 from nanochat.common import ArgumentParser, die
 from nanochat.flags import add_arch_args, add_precision_args, config_from_args
 from nanochat import batch_plan, vram, vram_measure
+from nanochat.common import UserError
+from nanochat.lora import add_lora_args, lora_from_args
 
 LABELS = {
     "weights": "weights (fp32)",
@@ -46,6 +50,7 @@ parser.add_argument("--batch_sizes", type=str, default="1,2,4,8,16,32", help="co
 parser.add_argument("--gpu_mem_gb", type=float, default=24, help="memory of the card in GiB (default 24)")
 parser.add_argument("--measure", action="store_true", help="also train a few steps per batch size on the CUDA GPU and compare")
 parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+add_lora_args(parser)  # (only --lora_rank, --lora_targets and --lora_dropout change memory)
 args = parser.parse_args()
 
 try:
@@ -55,12 +60,18 @@ try:
         raise ValueError(f"--batch_sizes must be positive integers, got {args.batch_sizes!r}")
     if args.gpu_mem_gb <= 0:
         raise ValueError(f"--gpu_mem_gb must be positive, got {args.gpu_mem_gb}")
-except ValueError as e:
+    lora = lora_from_args(args)
+except (ValueError, UserError) as e:
     die(str(e).replace("invalid literal for int() with base 10", "--batch_sizes takes integers like 8,16,32, got"))
 if args.measure and not torch.cuda.is_available():
     die("--measure needs a CUDA GPU (it reads torch.cuda.max_memory_reserved); none is available here")
+if args.measure and lora:
+    die("--measure runs full training steps: drop --lora_rank (a LoRA run checks its estimate itself, at step 3 on CUDA)")
 gpu_mem = int(args.gpu_mem_gb * vram.GiB)
 settings = dict(precision=args.precision, optimizer=args.optimizer, grad_checkpoint=args.grad_checkpoint, compile=args.compile)
+full_settings = dict(settings)  # full fine-tuning, for the comparison a LoRA estimate prints
+if lora:
+    settings["lora"] = lora
 
 # -----------------------------------------------------------------------------
 # estimate (and measure)
@@ -72,6 +83,9 @@ for B in batch_sizes:
     phases = vram.estimate_phases(config, B, T, **settings)
     row = {"batch_size": B, **est, "fits": batch_plan.fits(config, B, T, gpu_mem_bytes=gpu_mem, **settings),
            "peak_phase": vram.peak_phase(phases)}
+    if lora:
+        row["full_total"] = vram.estimate_memory(config, B, T, **full_settings)["total"]
+        row["full_fits"] = batch_plan.fits(config, B, T, gpu_mem_bytes=gpu_mem, **full_settings)
     if args.measure:
         try:
             row["measured_reserved"] = vram_measure.measure_memory(config, B, T, device="cuda", **settings)
@@ -88,6 +102,10 @@ result = {
     "largest_fitting": max(fitting) if fitting else 0,
     "auto_batch_size": batch_plan.auto_batch_size(config, T, gpu_mem_bytes=gpu_mem, **settings),
 }
+if lora:
+    from nanochat.vram_lora import adapter_info
+    result["lora"] = {**lora, "adapter_params": adapter_info(config, lora)["adapters"],
+                      "full_auto_batch_size": batch_plan.auto_batch_size(config, T, gpu_mem_bytes=gpu_mem, **full_settings)}
 if args.measure:
     result["measured_cuda_context"] = vram_measure.measure_cuda_context("cuda")
     result["device"] = torch.cuda.get_device_name()
@@ -119,13 +137,20 @@ def describe(c):
 
 
 print(describe(config))
-print(f"training: sequence {T}, {args.precision}, {args.optimizer}, grad checkpointing {'on' if args.grad_checkpoint else 'off'}, "
-      f"{'compiled' if args.compile else 'eager'}; card {args.gpu_mem_gb:g} GiB, fits when total <= {gib(result['usable_bytes'])} GiB")
+print(f"training: sequence {T}, {args.precision}, {'LoRA (AdamW)' if lora else args.optimizer}, grad checkpointing "
+      f"{'on' if args.grad_checkpoint else 'off'}, {'compiled' if args.compile else 'eager'}; card {args.gpu_mem_gb:g} GiB, "
+      f"fits when total <= {gib(result['usable_bytes'])} GiB")
+if lora:
+    print(f"LoRA: rank {lora['rank']} on {','.join(lora['targets'])}, {result['lora']['adapter_params']:,d} adapter parameters "
+          f"trained, the {info['total']:,d} of the base frozen (no gradients, no optimizer state)")
 width = max(8, max(len(str(b)) for b in batch_sizes) + 4)
 print(f"{'GiB':<34}" + "".join(f"{'B=' + str(r['batch_size']):>{width}}" for r in rows))
 for key in (*vram.RESERVED_COMPONENTS, "reserved", "cuda_context", "total"):
     print(f"{LABELS[key]:<34}" + "".join(f"{gib(r[key]):>{width}}" for r in rows))
 print(f"{'fits ' + format(args.gpu_mem_gb, 'g') + ' GiB':<34}" + "".join(f"{'yes' if r['fits'] else 'no':>{width}}" for r in rows))
+if lora:
+    print(f"{'total with full fine-tuning':<34}" + "".join(f"{gib(r['full_total']):>{width}}" for r in rows))
+    print(f"{'full fine-tuning fits':<34}" + "".join(f"{'yes' if r['full_fits'] else 'no':>{width}}" for r in rows))
 if args.measure:
     print(f"{'measured reserved':<34}" + "".join(f"{gib(r['measured_reserved']) if r['measured_reserved'] else 'OOM':>{width}}" for r in rows))
     print(f"{'estimate error':<34}" + "".join(f"{format(r['error_pct'], '+.1f') + '%' if r.get('error_pct') is not None else '-':>{width}}" for r in rows))
@@ -135,3 +160,5 @@ print(f"peak phase: " + ", ".join(f"B={r['batch_size']}: {r['peak_phase']}" for 
 largest = f"{result['largest_fitting']}" if result["largest_fitting"] else "none"
 auto = result["auto_batch_size"] or "none"
 print(f"largest batch size that fits: {largest} of those listed; {auto} of the powers of two up to 512 (--device_batch_size auto)")
+if lora:
+    print(f"with full fine-tuning: {result['lora']['full_auto_batch_size'] or 'none'} of the powers of two (--device_batch_size auto)")
