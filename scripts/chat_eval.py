@@ -1,17 +1,22 @@
 """
-Evaluate a chat model.
+Evaluate a chat model on the standard sets and the built-in exercises.
 
-    python -m scripts.chat_eval                           # built-in tasks (+ ARC/MMLU/GSM8K when downloaded)
+    python -m scripts.chat_eval                                  # builtin + every set that is downloaded
+    python -m scripts.chat_eval -a ARC-Easy,MMLU -x 500          # at most 500 questions per set
     python -m scripts.chat_eval -a builtin --kinds addition --difficulties 2 -n 100
-    python -m scripts.chat_eval -a arc-easy,mmlu -x 500   # at most 500 questions per task
-    python -m scripts.chat_eval --download                # fetch ARC, MMLU, GSM8K (needs internet)
+    python -m scripts.chat_eval --download                       # fetch every set from the hub (needs internet)
+    python -m scripts.chat_eval --download --task_name MMLU      # one set
 
-Built-in tasks: exact-match accuracy on held-out exercises (questions never seen in SFT), by kind
-and difficulty, answered greedily with the calculator on. ARC and MMLU: multiple choice, the
-answer is the letter with the highest logit. GSM8K: the number after '####' in the answer. Prints
-a table, then one JSON line with every number.
+Sets (names in any case; several with , or |):
+  builtin        held-out exercises (never seen in SFT), by kind and difficulty: exact match, the calculator on
+  ARC-Easy, ARC-Challenge, MMLU   multiple choice: the letter whose logit is highest after <|assistant_start|>
+  GSM8K          greedy generation with the calculator tool; the number after '####' must equal the reference's
+  HumanEval      greedy generation; the code runs against the set's tests in nanochat.sandbox (pass@1)
+Answers are greedy. Prints a progress line every ~10 s, then a table, then one JSON line with every number.
+Downloads go to $NANOCHAT_BASE_DIR/eval_data/ (NANOCHAT_HF_URL replaces https://huggingface.co, HF_TOKEN is sent).
 """
 import json
+import re
 import sys
 import time
 
@@ -19,28 +24,31 @@ import torch
 
 from nanochat.flags import add_device_args, add_model_source_args
 from nanochat.common import ArgumentParser, compute_init, die, print0, UserError, autocast_ctx
-from nanochat.checkpoint_manager import find_model_tag, get_checkpoints_dir, load_model
-from nanochat.engine import Engine, reply_parts, reply_text
 from nanochat.exercises import DIFFICULTIES, KINDS
-from nanochat.tokenizer import render_for_completion
 
-EXTERNAL = ["arc-easy", "arc-challenge", "mmlu", "gsm8k"]
+SETS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]
+MAX_TOKENS = {"builtin": 128, "GSM8K": 256, "HumanEval": 512}  # per set, unless --max_tokens says otherwise
 
 # -----------------------------------------------------------------------------
 # settings
-parser = ArgumentParser(prog="python -m scripts.chat_eval", description="Evaluate a chat model: built-in exercises, ARC, MMLU, GSM8K.")
+parser = ArgumentParser(prog="python -m scripts.chat_eval",
+                        description="Evaluate a chat model: built-in exercises, ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval.")
 add_model_source_args(parser, source="sft")
-parser.add_argument("-a", "--tasks", type=str, default="auto",
-                    help=f"comma-separated: builtin, {', '.join(EXTERNAL)} (auto: builtin plus the downloaded ones)")
+parser.add_argument("-a", "--task_name", "--tasks", dest="task_name", type=str, default="auto",
+                    help=f"sets, comma- or |-separated: builtin, {', '.join(SETS)}; all: every one (a missing set is an error); "
+                         "auto (default): builtin plus the downloaded sets")
 parser.add_argument("--kinds", type=str, default="", help=f"built-in exercise kinds, comma-separated (default all: {', '.join(KINDS)})")
 parser.add_argument("--difficulties", type=str, default="", help="built-in difficulties, comma-separated (default 1,2,3,4,5)")
 parser.add_argument("-n", "--num_per_cell", type=int, default=10, help="built-in problems per kind and difficulty (default 10)")
-parser.add_argument("-x", "--max_problems", type=int, default=-1, help="at most this many problems of each external task (-1: all)")
-parser.add_argument("--max_tokens", type=int, default=128, help="longest answer in tokens for generative tasks (GSM8K: at least 256)")
+parser.add_argument("-x", "--max_problems", type=int, default=-1, help="at most this many problems of each set (-1: all)")
+parser.add_argument("--max_tokens", type=int, default=0,
+                    help="longest answer in tokens (default per set: " + ", ".join(f"{k} {v}" for k, v in MAX_TOKENS.items()) + ")")
 parser.add_argument("--batch_size", type=int, default=16, help="questions per forward pass for multiple choice")
 parser.add_argument("--no_tools", action="store_true", help="evaluate without the calculator tool")
-parser.add_argument("--seed", type=int, default=0, help="which held-out exercises (the test split is fixed, this picks from it)")
-parser.add_argument("--download", action="store_true", help="download ARC, MMLU and GSM8K to $NANOCHAT_BASE_DIR/eval_data and exit")
+parser.add_argument("--seed", type=int, default=0, help="which problems when -x takes some (and which built-in exercises)")
+parser.add_argument("--code_timeout", type=float, default=5.0, help="HumanEval: seconds a program may run (default 5)")
+parser.add_argument("--code_memory_mb", type=int, default=256, help="HumanEval: a program's memory limit in MB (default 256)")
+parser.add_argument("--download", action="store_true", help="download the sets named by --task_name (default all) and exit")
 parser.add_argument("-v", "--verbose", action="store_true", help="print every question and answer")
 add_device_args(parser)
 args = parser.parse_args()
@@ -59,132 +67,201 @@ def parse_list(text, allowed, what, cast=str):
     return items
 
 
+def parse_sets(text):
+    """'arc-easy|MMLU' -> ['ARC-Easy', 'MMLU'] (names in any case); 'all' and 'auto' -> builtin and every set."""
+    if text.lower() in ("all", "auto"):
+        return ["builtin"] + SETS
+    canonical = {name.lower(): name for name in ["builtin"] + SETS}
+    names = [x.strip() for x in re.split(r"[,|]", text) if x.strip()]
+    for x in names:
+        if x.lower() not in canonical:
+            die(f"unknown set {x!r}; choose from builtin, {', '.join(SETS)}, all")
+    return list(dict.fromkeys(canonical[x.lower()] for x in names))
+
+
+def download_set(name):
+    """Fetch every file of a set that is not there yet (train splits included: the SFT mixtures read them)."""
+    from nanochat.tasks import arc, gsm8k, humaneval, mmlu
+    if name.startswith("ARC-"):
+        return arc.download_all(name.removeprefix("ARC-"))
+    return {"MMLU": mmlu, "GSM8K": gsm8k, "HumanEval": humaneval}[name].download_all()
+
+
+def load_set(name):
+    """The test split of a set; a UserError naming the command that fetches it when it is not downloaded."""
+    from nanochat.tasks import arc, gsm8k, humaneval, mmlu
+    if name.startswith("ARC-"):
+        return arc.ARC(name.removeprefix("ARC-"), "test")
+    if name == "MMLU":
+        return mmlu.MMLU("test")
+    if name == "GSM8K":
+        return gsm8k.GSM8K("test")
+    return humaneval.HumanEval("test", timeout=args.code_timeout, memory_mb=args.code_memory_mb)
+
+
+requested = parse_sets(args.task_name)
 if args.download:
     from nanochat.download import DownloadError
-    from nanochat.tasks import arc, gsm8k, mmlu
-    jobs = [(arc.download_split, (subset, split)) for subset in ("Easy", "Challenge") for split in ("train", "validation", "test")]
-    jobs += [(mmlu.download_split, (split,)) for split in ("validation", "test")]
-    jobs += [(gsm8k.download_split, (split,)) for split in ("train", "test")]
-    try:
-        for fn, fn_args in jobs:
-            print0(f"{fn.__module__.split('.')[-1]} {' '.join(fn_args)}: {fn(*fn_args)}")
-    except DownloadError as e:
-        die(str(e))
+    for name in requested:
+        if name == "builtin":
+            continue  # made on the spot, nothing to fetch
+        print0(f"{name}: downloading what is missing ...")
+        try:
+            paths = download_set(name)
+        except DownloadError as e:
+            die(f"{name}: {e}")
+        print0(f"{name}: {len(paths)} file{'s' * (len(paths) > 1)} in place ({', '.join(paths)})")
     sys.exit(0)
 
 kinds = parse_list(args.kinds, KINDS, "kind")
 difficulties = parse_list(args.difficulties, DIFFICULTIES, "difficulty", int)
-if args.num_per_cell < 1:
-    die("--num_per_cell must be at least 1")
+if args.num_per_cell < 1 or args.batch_size < 1:
+    die("--num_per_cell and --batch_size must be at least 1")
+if args.max_problems == 0 or args.max_problems < -1:
+    die("--max_problems must be positive (or -1 for all)")
 
 # -----------------------------------------------------------------------------
-# setup
+# setup: the sets first (a missing one fails before the model loads), then the model
+sets = {}
+for name in requested:
+    if name == "builtin":
+        continue
+    try:
+        sets[name] = load_set(name)
+    except UserError as e:
+        if args.task_name.lower() != "auto":
+            die(str(e))
+        print0(f"skipping {name}: not downloaded (python -m scripts.chat_eval --download --task_name {name})")
+tasks = [n for n in requested if n == "builtin" or n in sets]
+
 try:
+    from nanochat.checkpoint_manager import find_model_tag, get_checkpoints_dir, load_model
     _, _, _, _, device = compute_init(args.device_type)
     model_tag = args.model_tag or find_model_tag(get_checkpoints_dir(args.source))
     model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=model_tag, step=args.step)
 except UserError as e:
     die(str(e))
+from nanochat.engine import Engine, reply_parts, reply_text
+from nanochat.tokenizer import render_for_completion
 engine = Engine(model, tokenizer)
 autocast = autocast_ctx(device.type, engine.dtype)
 
 
-def load_external(name):
-    """The task object, or None when its data is not downloaded."""
-    from nanochat.tasks import arc, gsm8k, mmlu
-    try:
-        if name.startswith("arc-"):
-            return arc.ARC(name.split("-")[1].capitalize(), "test")
-        if name == "mmlu":
-            return mmlu.MMLU("test")
-        return gsm8k.GSM8K("test")
-    except UserError:
-        return None
+def max_tokens_for(name):
+    return args.max_tokens if args.max_tokens > 0 else MAX_TOKENS.get(name, 128)
 
 
-if args.tasks == "auto":
-    tasks = ["builtin"] + [name for name in EXTERNAL if load_external(name) is not None]
-else:
-    tasks = parse_list(args.tasks, ["builtin"] + EXTERNAL, "task")
+class Progress:
+    """A line every ~10 s: problems done, right so far, rate."""
+    def __init__(self, name, total, every=10.0):
+        self.name, self.total, self.every = name, total, every
+        self.t0 = self.last = time.time()
+
+    def update(self, done, correct):
+        now = time.time()
+        if now - self.last >= self.every and done < self.total:
+            self.last = now
+            print0(f"{self.name}: {done}/{self.total} done, {correct} right, {done / (now - self.t0):.1f} problems/s")
 
 
-def answer(conversation, max_tokens):
-    """The model's greedy reply to a conversation's question: (text without tool calls, full text)."""
-    ids = render_for_completion(tokenizer, conversation)
-    out = engine.generate_batch(ids, max_tokens=max_tokens, temperature=0, tools=not args.no_tools)[0]
-    parts = reply_parts(tokenizer, out)
-    return reply_text(parts), tokenizer.decode(out)
+LETTER_IDS = {}
+
+
+def letter_ids(letters):
+    for l in letters:
+        if l not in LETTER_IDS:
+            ids = tokenizer.encode(l)
+            if len(ids) != 1:
+                die(f"the tokenizer splits the answer letter {l!r} into {len(ids)} tokens: multiple choice needs one")
+            LETTER_IDS[l] = ids[0]
+    return [LETTER_IDS[l] for l in letters]
 
 
 @torch.inference_mode()
-def run_categorical(task, indices):
+def run_categorical(name, task, indices):
     """Multiple choice by logits: the letter with the highest logit after <|assistant_start|>."""
-    correct = 0
-    for start in range(0, len(indices), args.batch_size):
-        convs = [task[i] for i in indices[start:start + args.batch_size]]
-        prompts = [render_for_completion(tokenizer, c) for c in convs]
-        limit = model.config.sequence_len
-        prompts = [p[-limit:] for p in prompts]
-        T = max(len(p) for p in prompts)
+    limit = model.config.sequence_len
+    prompts = {}
+    for i in indices:
+        p = render_for_completion(tokenizer, task[i])
+        prompts[i] = p if len(p) <= limit else p[:1] + p[len(p) - limit + 1:]  # keep <|bos|>, drop the oldest
+    order = sorted(indices, key=lambda i: len(prompts[i]))  # similar lengths together: little padding
+    correct, progress = 0, Progress(name, len(order))
+    for start in range(0, len(order), args.batch_size):
+        batch = order[start:start + args.batch_size]
+        T = max(len(prompts[i]) for i in batch)
         # right padding: causal attention never looks ahead, so each prompt's last position is unaffected
-        ids = torch.full((len(prompts), T), tokenizer.get_bos_token_id(), dtype=torch.long, device=device)
-        for r, p in enumerate(prompts):
-            ids[r, :len(p)] = torch.tensor(p, device=device)
+        ids = torch.full((len(batch), T), tokenizer.get_bos_token_id(), dtype=torch.long, device=device)
+        for r, i in enumerate(batch):
+            ids[r, :len(prompts[i])] = torch.tensor(prompts[i], device=device)
         with autocast:
             logits = model(ids)
-        for r, (p, conv) in enumerate(zip(prompts, convs)):
-            letter_ids = [tokenizer.encode(l)[0] for l in conv["letters"]]
-            scores = logits[r, len(p) - 1, letter_ids]
+        for r, i in enumerate(batch):
+            conv = task[i]
+            scores = logits[r, len(prompts[i]) - 1, letter_ids(conv["letters"])]
             pick = conv["letters"][int(scores.argmax())]
-            ok = pick == conv["answer"]
+            ok = task.evaluate(conv, pick)
             correct += ok
             if args.verbose:
                 print0(f"[{'ok' if ok else 'XX'}] {conv['messages'][0]['content'][:80]!r} -> {pick} (answer {conv['answer']})")
+        progress.update(start + len(batch), correct)
     return correct
 
 
-def run_generative(task, indices, max_tokens):
-    correct = 0
-    for i in indices:
+def run_generative(name, task, indices, max_tokens):
+    """Greedy answers, each checked by task.evaluate on what the assistant said (calculator calls left out)."""
+    correct, progress = 0, Progress(name, len(indices))
+    for done, i in enumerate(indices, 1):
         conv = task[i]
-        text, full = answer(conv, max_tokens)
+        out = engine.generate_batch(render_for_completion(tokenizer, conv), max_tokens=max_tokens, temperature=0,
+                                    tools=not args.no_tools)[0]
+        text = reply_text(reply_parts(tokenizer, out))
         ok = task.evaluate(conv, text)
         correct += ok
         if args.verbose:
-            print0(f"[{'ok' if ok else 'XX'}] {conv['messages'][-2]['content'][:80]!r} -> {full[:120]!r}")
+            print0(f"[{'ok' if ok else 'XX'}] {conv['messages'][0]['content'][:80]!r} -> {tokenizer.decode(out)[:120]!r}")
+        progress.update(done, correct)
     return correct
 
-# -----------------------------------------------------------------------------
-# evaluation
-results, t0 = {}, time.time()
-if "builtin" in tasks:
+
+def run_builtin():
     from nanochat.tasks.builtin import ExerciseChat
     cells = {}
     for kind in kinds:
         for d in difficulties:
             task = ExerciseChat(args.num_per_cell, "test", kinds=[kind], difficulties=[d], seed=args.seed, multi_turn=0.0)
-            cells[f"{kind}/{d}"] = run_generative(task, range(len(task)), args.max_tokens) / len(task)
-    results["builtin"] = {
+            cells[f"{kind}/{d}"] = run_generative(f"builtin {kind}/{d}", task, range(len(task)), max_tokens_for("builtin")) / len(task)
+    return {
         "accuracy": sum(cells.values()) / len(cells),
         "by_kind": {k: sum(cells[f"{k}/{d}"] for d in difficulties) / len(difficulties) for k in kinds},
         "by_difficulty": {str(d): sum(cells[f"{k}/{d}"] for k in kinds) / len(kinds) for d in difficulties},
         "by_cell": cells,
         "num_per_cell": args.num_per_cell,
+        "correct": round(sum(cells.values()) * args.num_per_cell),
+        "total": len(cells) * args.num_per_cell,
     }
+
+# -----------------------------------------------------------------------------
+# evaluation
+results, t0 = {}, time.time()
 for name in tasks:
     if name == "builtin":
+        results["builtin"] = run_builtin()
         continue
-    task = load_external(name)
-    if task is None:
-        die(f"{name} is not downloaded: run `python -m scripts.chat_eval --download` (needs internet)")
+    task = sets[name]
     n = len(task) if args.max_problems < 0 else min(args.max_problems, len(task))
-    # a fixed spread of questions, not the first n (MMLU is sorted by subject)
+    # a fixed spread of problems, not the first n (MMLU is sorted by subject)
     indices = sorted(torch.randperm(len(task), generator=torch.Generator().manual_seed(args.seed))[:n].tolist())
-    if task.eval_type == "categorical":
-        correct = run_categorical(task, indices)
-    else:
-        correct = run_generative(task, indices, max(args.max_tokens, 256))
-    results[name] = {"accuracy": correct / n, "correct": correct, "total": n}
+    t1 = time.time()
+    try:
+        if task.eval_type == "categorical":
+            correct = run_categorical(name, task, indices)
+        else:
+            correct = run_generative(name, task, indices, max_tokens_for(name))
+    except UserError as e:  # e.g. HumanEval's sandbox on a system without POSIX
+        die(f"{name}: {e}")
+    results[name] = {"accuracy": correct / n, "correct": correct, "total": n, "seconds": round(time.time() - t1, 1)}
+    print0(f"{name}: {correct}/{n} in {time.time() - t1:.1f}s")
 elapsed = time.time() - t0
 
 # -----------------------------------------------------------------------------
@@ -198,11 +275,8 @@ if "builtin" in results:
     for k in kinds:
         print0(f"{k:<16}" + "".join(f"{r['by_cell'][f'{k}/{d}']:>7.0%}" for d in difficulties) + f"{r['by_kind'][k]:>7.0%}")
     print0(f"{'all':<16}" + "".join(f"{r['by_difficulty'][str(d)]:>7.0%}" for d in difficulties) + f"{r['accuracy']:>7.0%}")
-others = [n for n in results if n != "builtin"]
-if others:
-    print0("")
-    for name in others:
-        r = results[name]
-        print0(f"{name:<16}{r['accuracy']:>7.1%}  ({r['correct']}/{r['total']})")
+print0(f"\n{'set':<16}{'accuracy':>9}{'correct':>9}{'total':>7}")
+for name, r in results.items():
+    print0(f"{name:<16}{r['accuracy']:>9.1%}{r['correct']:>9d}{r['total']:>7d}")
 print0(json.dumps({"source": args.source, "model_tag": model_tag, "step": meta["step"], "tools": not args.no_tools,
                    "seconds": round(elapsed, 1), "results": results}))

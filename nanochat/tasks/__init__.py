@@ -7,8 +7,10 @@ the letter the model's logits favour among conversation["letters"]).
 
     builtin.ExerciseChat, builtin.ChatBasics   offline: exercises with exact answers, greetings, identity
     smoltalk.SmolTalk                          HuggingFaceTB/smol-smoltalk (downloaded once)
+    conversation_sets.ConversationSet          Synthetic-Persona-Chat, DailyDialog, LMSYS-Chat-1M, Magpie-Ultra (downloaded once)
     custom.CustomChat                          your own ChatML text or JSONL conversations
     arc.ARC, mmlu.MMLU, gsm8k.GSM8K            evaluation sets, from $NANOCHAT_BASE_DIR/eval_data/
+    humaneval.HumanEval                        code: completions run against tests in nanochat.sandbox
     mixture.TaskMixture, mixture.parse_mixture weighted mixtures, e.g. "exercises:8,chat:1,smoltalk:3"
 """
 import os
@@ -29,10 +31,12 @@ class Task:
             yield self[i]
 
 
-def hf_url(repo, path):
-    """The download URL of a file in a Hugging Face dataset repo; NANOCHAT_HF_URL replaces the host (mirrors, tests)."""
+def hf_url(repo, path, revision="main"):
+    """The download URL of a file in a Hugging Face dataset repo; NANOCHAT_HF_URL replaces the host (mirrors, tests).
+    revision: a branch, e.g. "refs/convert/parquet" (the hub's own parquet conversion of a repo)."""
+    from urllib.parse import quote
     base = (os.environ.get("NANOCHAT_HF_URL") or "https://huggingface.co").rstrip("/")
-    return f"{base}/datasets/{repo}/resolve/main/{path}"
+    return f"{base}/datasets/{repo}/resolve/{quote(revision, safe='')}/{path}"
 
 
 def hf_headers():
@@ -40,13 +44,13 @@ def hf_headers():
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def download(repo, path, dest, **kwargs):
+def download(repo, path, dest, revision="main", **kwargs):
     """Download one file of a Hugging Face dataset to dest (streamed to dest.part, renamed when complete)."""
     from nanochat.download import download_file
     if os.path.exists(dest):
         return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    return download_file(hf_url(repo, path), dest, headers=hf_headers(), **kwargs)
+    return download_file(hf_url(repo, path, revision), dest, headers=hf_headers(), **kwargs)
 
 
 def eval_data_path(*parts):
@@ -55,11 +59,11 @@ def eval_data_path(*parts):
     return os.path.join(get_base_dir(), "eval_data", *parts)
 
 
-def read_parquet_rows(path, what):
-    """All rows of a local parquet file as dicts; a one-line UserError naming the fix when it is missing."""
+def read_parquet_rows(path, what, command="python -m scripts.chat_eval --download"):
+    """All rows of a local parquet file as dicts; a one-line UserError naming the command that fetches it when it is missing."""
     from nanochat.common import UserError
     if not os.path.exists(path):
-        raise UserError(f"{what} is not downloaded ({path} missing): run `python -m scripts.chat_eval --download` (needs internet)")
+        raise UserError(f"{what} is not downloaded ({path} missing): run `{command}` (needs internet)")
     import pyarrow.parquet as pq
     return pq.read_table(path).to_pylist()
 
