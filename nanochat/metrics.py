@@ -6,6 +6,8 @@ What a training run writes next to its checkpoints, for plots and for comparing 
                      "tok_per_sec", "mfu", "time"}                      at every logging step
                     {"kind": "eval", "step", "tokens", "phase", "val_bpb" or "val_loss", ...}
                                                                         at every evaluation
+                    (a distillation, scripts/distill.py, adds "exercise_acc" and the teacher's
+                     "teacher_val_bpb" or "teacher_val_loss" and "teacher_exercise_acc")
                     {"kind": "shares", "step", "tokens", "phase", "shares": {source: fraction}}
                                                                         at the end of a curriculum phase
     samples.jsonl   {"kind": "sample", "step", "tokens", "phase", "prompt", "completion"} at every sampling

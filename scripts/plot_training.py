@@ -1,7 +1,8 @@
 """
 Plot training runs from the metrics.jsonl their checkpoint folders hold (see nanochat/metrics.py):
 train loss (solid) and validation loss / bpb (markers) against training tokens or steps, several
-runs overlaid, curriculum phases shaded and named. Needs matplotlib (pip install -e .[plot]).
+runs overlaid, curriculum phases shaded and named. A distilled student's run (scripts/distill.py)
+also draws its teacher's numbers (dotted) and both models' built-in exercise accuracy. Needs matplotlib (pip install -e .[plot]).
 
     python -m scripts.plot_training base/d4                         # -> <base dir>/base_checkpoints/d4/training.png
     python -m scripts.plot_training curriculum/demo base/d4 --out cmp.png   # two runs, demo's phases shaded
@@ -111,10 +112,14 @@ def plot(runs, out, x, raw):
         die(NO_MATPLOTLIB)
     train_key = "train_loss" if raw else "smooth_loss"
     has_bpb = any(r.get("val_bpb") is not None for _, rows in runs for r in rows)
-    fig, axes = plt.subplots(2 if has_bpb else 1, 1, figsize=FIG_SIZE, dpi=DPI, sharex=True, squeeze=False,
-                             layout="constrained", gridspec_kw={"height_ratios": [3, 2] if has_bpb else [1]})
+    has_acc = any(r.get("exercise_acc") is not None for _, rows in runs for r in rows)  # a distillation's retention curve
+    has_teacher = any(k.startswith("teacher_") for _, rows in runs for r in rows for k in r)
+    ratios = [3] + [2] * (has_bpb + has_acc)
+    fig, axes = plt.subplots(len(ratios), 1, figsize=FIG_SIZE, dpi=DPI, sharex=True, squeeze=False,
+                             layout="constrained", gridspec_kw={"height_ratios": ratios})
     axes = list(axes[:, 0])
     loss_ax, bpb_ax = axes[0], axes[1] if has_bpb else None
+    acc_ax = axes[-1] if has_acc else None
     handles = []
     for i, (name, rows) in enumerate(runs):
         colour = f"C{i % 10}"
@@ -127,14 +132,25 @@ def plot(runs, out, x, raw):
         if bpb_ax is not None:
             xs, ys = series(rows, x, "val_bpb", "eval")
             bpb_ax.plot(xs, ys, color=colour, lw=0.8, ls="--", marker="o", ms=4, zorder=3)
+        for ax, key in ((loss_ax, "val_loss"), (bpb_ax, "val_bpb"), (acc_ax, "exercise_acc")):
+            if ax is not None:  # a distilled student's teacher: dotted, in the student's colour
+                xs, ys = series(rows, x, "teacher_" + key, "eval")
+                ax.plot(xs, ys, color=colour, lw=1.2, ls=":", marker="x", ms=4, zorder=3)
+        if acc_ax is not None:
+            xs, ys = series(rows, x, "exercise_acc", "eval")
+            acc_ax.plot(xs, ys, color=colour, lw=0.8, ls="--", marker="o", ms=4, zorder=3)
         handles.append(Line2D([], [], color=colour, lw=3, label=name))
     handles.append(Line2D([], [], color="black", lw=1.4, label="train loss (raw)" if raw else "train loss (smoothed)"))
     handles.append(Line2D([], [], color="black", lw=0.8, ls="--", marker="o", ms=4, label="validation"))
+    if has_teacher:
+        handles.append(Line2D([], [], color="black", lw=1.2, ls=":", marker="x", ms=4, label="its teacher"))
     spans = next((s for s in (phase_spans(rows, x) for _, rows in runs) if s), [])
     shade_phases(axes, spans)
     loss_ax.set_ylabel("loss (nats / token)")
     if bpb_ax is not None:
         bpb_ax.set_ylabel("val bpb (bits / byte)")
+    if acc_ax is not None:
+        acc_ax.set_ylabel("built-in exercises (accuracy)")
     axes[-1].set_xlabel("training tokens" if x == "tokens" else "step")
     if x == "tokens":
         axes[-1].xaxis.set_major_formatter(EngFormatter())
