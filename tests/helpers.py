@@ -1,8 +1,11 @@
-"""Helpers shared by the training tests: run a script on the CPU, read the numbers it prints."""
+"""Helpers shared by the tests: run a script on the CPU, read the numbers it prints, serve files like the hub."""
+import http.server
 import os
 import re
 import subprocess
 import sys
+import threading
+from urllib.parse import unquote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,3 +44,52 @@ def assert_kv_decoding_matches(model, idx):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.pos == T
     return cache
+
+
+class HubServer:
+    """
+    A local stand-in for huggingface.co on 127.0.0.1: serves root/<owner>/<name>/<revision>/<path> at
+    /datasets/<owner>/<name>/resolve/<revision>/<path> (hub_path gives a file's place). A repo in `gated`
+    needs its token: 401 without one (or for 'hf_expired'), 403 for any other. Records (path, Authorization).
+    """
+    def __init__(self, root, gated=None):
+        self.root, self.gated, self.requests = str(root), gated or {}, []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                auth = self.headers.get("Authorization")
+                hub.requests.append((self.path, auth))
+                m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path)
+                if not m:
+                    return self.send_error(404)
+                repo, revision, path = m.group(1), unquote(m.group(2)), m.group(3)
+                if repo in hub.gated and auth != f"Bearer {hub.gated[repo]}":
+                    return self.send_error(401 if auth in (None, "Bearer hf_expired") else 403)
+                file = hub_path(hub.root, repo, path, revision)
+                if not os.path.isfile(file):
+                    return self.send_error(404)
+                body = open(file, "rb").read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def paths(self, repo):
+        return [p for p, _ in self.requests if f"/datasets/{repo}/" in p]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def hub_path(root, repo, path, revision="main"):
+    """Where HubServer(root) looks for a file of a dataset repo."""
+    return os.path.join(str(root), repo, revision, path)

@@ -4,14 +4,12 @@ scripts.chat_eval on the standard sets: --download from a local server shaped li
 set with a tiny model ending in a table, and each set's scoring on hand-made answers
 (multiple choice by the letter's logit, GSM8K's final answer, HumanEval's code run in the sandbox).
 """
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +18,7 @@ import torch
 
 from nanochat.common import UserError
 from nanochat.tasks import arc, gsm8k, humaneval, mmlu
+from helpers import HubServer, hub_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,37 +68,6 @@ def hub_files():
     return files
 
 
-class Hub:
-    """Serves root/<repo>/<path> at /datasets/<repo>/resolve/main/<path>, like huggingface.co; records the paths asked for."""
-    def __init__(self, root):
-        self.root, self.requests = root, []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                hub.requests.append((self.path, self.headers.get("Authorization")))
-                m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/main/(.+)", self.path)
-                file = os.path.join(hub.root, m.group(1), m.group(2)) if m else ""
-                if not os.path.isfile(file):
-                    return self.send_error(404)
-                body = open(file, "rb").read()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def write_parquet(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
@@ -109,8 +77,8 @@ def write_parquet(path, rows):
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     for (repo, path), rows in hub_files().items():
-        write_parquet(str(root / repo / path), rows)
-    h = Hub(str(root))
+        write_parquet(hub_path(root, repo, path), rows)
+    h = HubServer(root)
     yield h
     h.close()
 

@@ -4,15 +4,12 @@ huggingface.co's resolve/<revision>/ URLs, serving small files this test writes 
 good ones; the mapping to our format, the skip counts, the gated set's token message, and --mixture with
 the new names feeding a short chat_sft run.
 """
-import http.server
 import io
 import json
 import os
 import re
-import threading
 import zipfile
 from collections import Counter
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,53 +18,13 @@ import pytest
 from nanochat.common import UserError
 from nanochat.tasks import conversation_sets as cs
 from nanochat.tokenizer import validate_conversation
-
-
-class Hub:
-    """Serves root/<owner>/<name>/<revision>/<path> at /datasets/<owner>/<name>/resolve/<revision>/<path>. A repo in
-    `gated` needs its token: 401 without one (or for 'hf_expired'), 403 for any other. Records (path, Authorization)."""
-    def __init__(self, root, gated=None):
-        self.root, self.gated, self.requests = root, gated or {}, []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                auth = self.headers.get("Authorization")
-                hub.requests.append((self.path, auth))
-                m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path)
-                if not m:
-                    return self.send_error(404)
-                repo, revision, path = m.group(1), unquote(m.group(2)), m.group(3)
-                if repo in hub.gated and auth != f"Bearer {hub.gated[repo]}":
-                    return self.send_error(401 if auth in (None, "Bearer hf_expired") else 403)
-                file = os.path.join(hub.root, repo, revision, path)
-                if not os.path.isfile(file):
-                    return self.send_error(404)
-                body = open(file, "rb").read()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def paths(self, repo):
-        return [p for p, _ in self.requests if f"/datasets/{repo}/" in p]
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from helpers import HubServer, hub_path
 
 
 def put(root, name, remote, rows=None, data=None):
     """Write a set's file where the hub serves it: parquet from rows, or raw bytes."""
     spec = cs.SETS[name]
-    path = os.path.join(root, spec["repo"], spec.get("revision", "main"), remote)
+    path = hub_path(root, spec["repo"], remote, spec.get("revision", "main"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if rows is not None:
         pq.write_table(pa.Table.from_pylist(rows), path)
@@ -184,7 +141,7 @@ def hub(tmp_path, monkeypatch):
     for remote in cs.SETS["magpie-ultra"]["files"]["train"]:
         put(root, "magpie-ultra", remote, magpie_rows(MAGPIE_TRAIN))
     put(root, "magpie-ultra", cs.SETS["magpie-ultra"]["files"]["test"][0], magpie_rows(MAGPIE_TRAIN[:1]))
-    server = Hub(root, gated={"lmsys/lmsys-chat-1m": "hf_good"})
+    server = HubServer(root, gated={"lmsys/lmsys-chat-1m": "hf_good"})
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
     monkeypatch.setenv("NANOCHAT_HF_URL", server.url)
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -2,11 +2,9 @@
 Conversation data: built-in exercises and chat, mixtures, the user's ChatML/JSONL files, SmolTalk
 downloaded from a local HTTP server, and the ARC/MMLU/GSM8K readers.
 """
-import http.server
 import json
 import os
 import random
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +18,7 @@ from nanochat.tasks.builtin import ChatBasics, ExerciseChat, exercise_key, exerc
 from nanochat.tasks.custom import CustomChat, parse_chatml, parse_jsonl
 from nanochat.tasks.mixture import TaskMixture, parse_mixture, parse_spec
 from nanochat.tokenizer import validate_conversation
+from helpers import HubServer, hub_path
 
 # -----------------------------------------------------------------------------
 # built-in
@@ -182,34 +181,6 @@ def test_custom_files(tmp_path):
 # SmolTalk over HTTP, eval sets from local files
 
 
-class _Server:
-    """Serves files from a folder like huggingface.co/datasets/<repo>/resolve/main/<path>; records headers."""
-    def __init__(self, root):
-        self.root, self.headers = root, []
-        server = self
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.headers.append(dict(self.headers))
-                path = os.path.join(server.root, self.path.lstrip("/").replace("resolve/main/", ""))
-                if not os.path.isfile(path):
-                    self.send_error(404)
-                    return
-                body = open(path, "rb").read()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            def log_message(self, *a):
-                pass
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _write_parquet(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
@@ -219,17 +190,16 @@ def test_smoltalk_download_and_read(tmp_path, monkeypatch):
     base, remote = tmp_path / "base", tmp_path / "remote"
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
     conv = lambda i: {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-    repo = remote / "datasets" / "HuggingFaceTB" / "smol-smoltalk"
-    _write_parquet(str(repo / "data" / "test-00000-of-00001.parquet"), [conv(i) for i in range(7)])
+    _write_parquet(hub_path(remote, smoltalk.REPO, "data/test-00000-of-00001.parquet"), [conv(i) for i in range(7)])
     with pytest.raises(UserError, match="not downloaded"):
         smoltalk.SmolTalk("test")
-    server = _Server(str(remote))
+    server = HubServer(remote)
     try:
         monkeypatch.setenv("NANOCHAT_HF_URL", server.url)
         monkeypatch.setenv("HF_TOKEN", "secret")
         paths = smoltalk.download_split("test")
         assert paths == [str(base / "datasets" / "smol-smoltalk" / "test-00000-of-00001.parquet")]
-        assert server.headers[-1].get("Authorization") == "Bearer secret"
+        assert server.requests[-1][1] == "Bearer secret"
         assert not any(p.endswith(".part") for p in os.listdir(base / "datasets" / "smol-smoltalk"))
         task = smoltalk.SmolTalk("test")
         assert len(task) == 7 and task[3] == conv(3)
