@@ -39,6 +39,7 @@ else
     TRAIN="--max_seq_len 256 --device_batch_size 16 --total_batch_size 4096 --num_iterations 200 --eval_every 100 --eval_tokens 32768 --device_type cpu"
 fi
 TAG=ittybitty
+python -m scripts.report --reset  # every stage adds its section to $NANOCHAT_BASE_DIR/report/
 
 stage "tokenizer ($VOCAB tokens)"
 python -m scripts.tok_train --vocab_size $VOCAB --data $DATA
@@ -67,4 +68,5 @@ python -m scripts.chat_eval -i sft -g $TAG -a builtin --kinds addition --difficu
 stage "a chat answer"
 python -m scripts.chat_cli -i sft -g $TAG -t 0 -p "What is 23 + 45?"
 echo
+python -m scripts.report
 echo "ittybitty: done in $((SECONDS - T_START))s. Talk to it: python -m scripts.chat_cli"

@@ -3,6 +3,7 @@
 #
 #   bash speedrun.sh                       # plain
 #   WANDB_RUN=speedrun bash speedrun.sh    # log to wandb (pip install wandb; wandb login)
+#   GPU_HOURLY_COST=0.30 bash speedrun.sh  # the report card ($NANOCHAT_BASE_DIR/report/report.md) adds the cost
 #   screen -L -Logfile speedrun.log -S speedrun bash speedrun.sh   # keep it running when you log out
 #
 # Expected time and memory on an RTX 3090 (estimates from the FLOP count at ~35% MFU and from
@@ -36,6 +37,7 @@ if ! python -c "import torch, tiktoken, rustbpe, pyarrow, requests" 2>/dev/null;
     bash dev/install.sh
 fi
 python -c "import torch; assert torch.cuda.is_available(), 'speedrun.sh needs a CUDA GPU; on a CPU run ittybitty.sh'"
+python -m scripts.report --reset  # every stage adds its section to $NANOCHAT_BASE_DIR/report/
 
 stage "download: FineWeb-Edu (24 train shards + validation), SmolTalk, eval sets"
 python -m nanochat.dataset -n 24
@@ -65,4 +67,5 @@ stage "a chat answer"
 python -m scripts.chat_cli -i sft -g $TAG -t 0 -p "What is 23 + 45?"
 python -m scripts.chat_cli -i sft -g $TAG -p "Why is the sky blue?"
 echo
+python -m scripts.report ${GPU_HOURLY_COST:+--gpu_hourly_cost $GPU_HOURLY_COST}  # prints where report.md is
 echo "done. Talk to it: python -m scripts.chat_cli -g $TAG   (or the web chat: python -m scripts.chat_web)"

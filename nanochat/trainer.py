@@ -119,6 +119,7 @@ class Trainer:
         self.split = 1  # pieces each batch is cut into (more after an out-of-memory error)
         self.save_every = save_every_value(args.save_every)  # (steps, seconds), one of them 0
         self.nonfinite, self.nonfinite_in_row = 0, 0
+        self.timed = [0, 0.0]  # steps and seconds of this process's timed windows: the report's tokens/s
 
     def describe(self):
         """The optimizer groups with their learning rates (printed at start-up)."""
@@ -458,7 +459,8 @@ class Trainer:
 
     def summary(self):
         return {"step": self.step, "val": dict(self.val), "first_val": self.first_val, "min_val": self.min_val,
-                "total_time": self.total_time, "checkpoint_dir": self.checkpoint_dir}
+                "total_time": self.total_time, "checkpoint_dir": self.checkpoint_dir,
+                "tok_per_sec": self.tokens_per_step * self.timed[0] / self.timed[1] if self.timed[1] else None}
 
     def _log_window(self, lrm, num_iterations, phase_fn, wandb_run):
         """Print the steps since the last log line: the only place the loop waits for the device."""
@@ -469,6 +471,8 @@ class Trainer:
         dt = (now - t0) / n
         if self.step > self.first_step + 1 or self.step == num_iterations:
             self.total_time += dt * n  # a run's first step (its own window) includes compilation and warm-up
+            self.timed[0] += n
+            self.timed[1] += dt * n
         self._window = [now, 0]  # closed before any I/O: a Ctrl-C from here on does not log these steps again
         debiased = self.smooth_loss.item() / (1 - 0.9 ** (self.step - self.first_step))
         tok_per_sec = self.tokens_per_step / dt

@@ -22,6 +22,7 @@ from nanochat.checkpoint_manager import _atomic_write, find_model_tag, get_check
 from nanochat.common import ArgumentParser, UserError, autocast_ctx, compute_cleanup, compute_init, die, get_base_dir, get_compute_dtype, print0
 from nanochat.core_eval import EVAL_BUNDLE_URL, core_metric, ensure_bundle, evaluate_core, load_bundle, select_tasks
 from nanochat.flags import add_device_args, add_model_source_args, add_precision_args
+from nanochat import report
 
 # -----------------------------------------------------------------------------
 # settings
@@ -93,4 +94,10 @@ if rank == 0:
     w.writerow(["CORE", "", f"{core:.6f}"])
     _atomic_write(os.path.splitext(out)[0] + ".csv", lambda f: f.write(table.getvalue().encode()))
     print0(f"results: {out} (and .csv)")
+    report.append_section("base_eval", phase=args.source, settings=vars(args), device=device,
+                          metrics={"model": f"{args.source}/{model_tag} step {step}", "CORE": core, "tasks": len(results),
+                                   "complete": not partial, "evaluation time (s)": summary["seconds"], "results": out},
+                          tables=[("CORE tasks", ["task", "type", "shots", "n", "accuracy", "centered"],
+                                   [[r["label"], r["type"], r["shots"], r["examples"], r["accuracy"], r["centered"]] for r in results])],
+                          summary={"CORE" if not partial else "CORE (partial)": core})
 compute_cleanup()

@@ -12,6 +12,7 @@ from nanochat.dataloader import DataLoader
 from nanochat.dataset import get_data_dir
 from nanochat.tokenizer import get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
+from nanochat import report
 
 parser = ArgumentParser(description="Evaluate bits per byte of a model on the train and val splits.")
 add_model_source_args(parser, source="base")
@@ -37,4 +38,8 @@ for split in ("train", "val"):
     with autocast:
         results[split] = evaluate_bpb(model, loader, steps, token_bytes)
     print0(f"{split} bpb: {results[split]:.4f}")
+report.append_section("base_loss", phase=args.source, settings=vars(args), device=device,
+                      metrics={"model": f"{args.source}/{args.model_tag or '(deepest)'} step {meta['step']}",
+                               "train bpb": results["train"], "val bpb": results["val"], "tokens per split": steps * B * T * world_size},
+                      summary={"val bpb": results["val"], "train bpb": results["train"]})
 compute_cleanup()

@@ -25,6 +25,7 @@ from nanochat.tokenizer import get_tokenizer, get_token_bytes
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.train_settings import add_training_args, plan_batches
 from nanochat.trainer import Trainer
+from nanochat import report
 
 # -----------------------------------------------------------------------------
 # settings
@@ -32,7 +33,7 @@ parser = ArgumentParser(description="Pretrain a base model (nanochat layout chec
 add_device_args(parser)
 add_arch_args(parser)
 parser.add_argument("--max_seq_len", type=int, default=2048, help="context length")
-parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | builtin | tinystories | a folder of parquet shards")
+parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | climbmix | builtin | tinystories | a folder of parquet shards")
 parser.add_argument("--target_param_data_ratio", type=float, default=20, help="tokens per parameter when --num_iterations is -1 (Chinchilla: 20)")
 parser.add_argument("--eval_tokens", type=int, default=20 * 524288, help="tokens of val data per evaluation")
 parser.add_argument("--model_tag", type=str, default="", help="checkpoint folder name (default d<depth>, or the --variant's name)")
@@ -111,9 +112,12 @@ def sample():
 # -----------------------------------------------------------------------------
 # training loop
 result = trainer.run(train_loader, num_iterations, evaluate=evaluate, sample=sample)
+by_source = {}
 if args.personal:
     from nanochat.streams import shares
-    print0("tokens trained by source: " + ", ".join(f"{k} {v:.2%}" for k, v in shares(trainer.data_state()).items()))
+    by_source = shares(trainer.data_state())
+    print0("tokens trained by source: " + ", ".join(f"{k} {v:.2%}" for k, v in by_source.items()))
+report.append_training("base_train", trainer, result, {f"share of tokens: {k}": v for k, v in by_source.items()})
 print0(f"done: {result['total_time'] / 60:.2f} min of training | min val bpb: {result['min_val'] or float('nan'):.4f} | "
        f"peak memory: {get_max_memory(device.type) / 2**30:.2f} GiB")
 trainer.close()  # the DDP wrapper goes before the process group

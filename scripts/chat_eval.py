@@ -25,6 +25,7 @@ import torch
 from nanochat.flags import add_device_args, add_model_source_args
 from nanochat.common import ArgumentParser, compute_init, die, print0, UserError, autocast_ctx
 from nanochat.exercises import DIFFICULTIES, KINDS
+from nanochat import report
 
 SETS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]
 MAX_TOKENS = {"builtin": 128, "GSM8K": 256, "HumanEval": 512}  # per set, unless --max_tokens says otherwise
@@ -280,3 +281,17 @@ for name, r in results.items():
     print0(f"{name:<16}{r['accuracy']:>9.1%}{r['correct']:>9d}{r['total']:>7d}")
 print0(json.dumps({"source": args.source, "model_tag": model_tag, "step": meta["step"], "tools": not args.no_tools,
                    "seconds": round(elapsed, 1), "results": results}))
+
+# the report card: a summary row per set (the built-in row says which exercises when not all of them)
+every_exercise = kinds == list(KINDS) and difficulties == list(DIFFICULTIES)
+builtin_row = "built-in exercises" + ("" if every_exercise else f" ({','.join(kinds)} d{','.join(map(str, difficulties))})")
+tables = [("sets", ["set", "accuracy", "correct", "total"], [[n, r["accuracy"], r["correct"], r["total"]] for n, r in results.items()])]
+if "builtin" in results:
+    r = results["builtin"]
+    tables.append((f"built-in exercises, held out, {args.num_per_cell} per cell", ["kind", *(f"d{d}" for d in difficulties), "all"],
+                   [[k, *(r["by_cell"][f"{k}/{d}"] for d in difficulties), r["by_kind"][k]] for k in kinds]
+                   + [["all", *(r["by_difficulty"][str(d)] for d in difficulties), r["accuracy"]]]))
+report.append_section("chat_eval", phase=args.source, settings=vars(args), device=device, tables=tables,
+                      metrics={"model": f"{args.source}/{model_tag} step {meta['step']}", "calculator": not args.no_tools,
+                               "evaluation time (s)": elapsed},
+                      summary={builtin_row if n == "builtin" else n: r["accuracy"] for n, r in results.items()})

@@ -28,6 +28,7 @@ from nanochat.rl import ADVANTAGES, RolloutBatches, load_task, pass_at_1, pg_los
 from nanochat.tokenizer import render_for_completion
 from nanochat.train_settings import add_training_args
 from nanochat.trainer import Trainer
+from nanochat import report
 
 # -----------------------------------------------------------------------------
 # settings
@@ -121,6 +122,7 @@ def sample():
 # -----------------------------------------------------------------------------
 # training loop
 result = trainer.run(batches, num_iterations, evaluate=evaluate, sample=sample, eval_at_start=True)
+report.append_training("chat_rl", trainer, result, {"source": f"{source}/{source_tag} step {source_meta['step']}", "task": args.task})
 if result["first_val"] is not None:
     print0(f"done: {result['step']} steps, {result['total_time'] / 60:.2f} min of training | "
            f"held-out pass@1 {result['first_val']:.4f} -> {result['val'].get('pass@1', float('nan')):.4f}")

@@ -26,6 +26,7 @@ from nanochat.chat_data import (PHASES, add_chat_args, start_model, chat_mixture
 from nanochat.lora import add_lora_args, apply_lora_from_args, lora_from_args
 from nanochat.train_settings import add_training_args, plan_batches
 from nanochat.trainer import Trainer
+from nanochat import report
 
 PHASE = globals().get("PHASE", "sft")  # scripts/mid_train.py sets "mid"
 NAME = {"mid": "mid-training", "sft": "SFT"}[PHASE]
@@ -106,6 +107,8 @@ def sample():
 # -----------------------------------------------------------------------------
 # training loop
 result = trainer.run(batches, num_iterations, evaluate=evaluate, sample=sample, eval_at_start=True)
+report.append_training("mid_train" if PHASE == "mid" else "chat_sft", trainer, result,
+                       {"source": f"{source}/{source_tag} step {source_meta['step']}", "mixture": spec})
 if result["first_val"] is not None:
     print0(f"done: {result['step']} steps, {result['total_time'] / 60:.2f} min of training | "
            f"val loss {result['first_val']:.4f} -> {result['val'].get('val_loss', float('nan')):.4f}")

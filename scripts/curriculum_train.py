@@ -30,6 +30,7 @@ from nanochat.streams import MixedBatches, ExerciseTokens, shard_source, persona
 from nanochat.tokenizer import get_token_bytes
 from nanochat.train_settings import add_training_args, plan_batches
 from nanochat.trainer import Trainer
+from nanochat import report
 
 # -----------------------------------------------------------------------------
 # settings
@@ -171,6 +172,7 @@ def phase_end(name, data_state):
 result = trainer.run(batches, num_iterations, evaluate=evaluate, sample=sample, eval_at_start=True, phase_end=phase_end,
                      schedule=lambda step: lr_at(phases, step, trainer.first_step, warmup_steps, settings["final_lr_frac"]),
                      phase_fn=lambda step: phase_at(phases, step).name, sample_steps={p.end for p in phases})
+report.append_training("curriculum_train", trainer, result, {"phases": ", ".join(p.name for p in phases)})
 if result["first_val"] is not None and result["val"]:
     print0(f"done: {result['total_time'] / 60:.2f} min of training | " +
            " | ".join(f"{k} {v:.4f}" for k, v in result["val"].items()) + f" (started at {result['first_val']:.4f})")

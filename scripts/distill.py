@@ -32,6 +32,7 @@ from nanochat.distill import DistillLoss, check_same_vocab, exercise_accuracy
 from nanochat.gpt import build_model, model_tag_for
 from nanochat.train_settings import add_training_args, plan_batches
 from nanochat.trainer import Trainer
+from nanochat import report
 
 # -----------------------------------------------------------------------------
 # settings
@@ -224,6 +225,8 @@ def sample():
 # -----------------------------------------------------------------------------
 # training loop
 result = trainer.run(batches, num_iterations, evaluate=evaluate, sample=sample, eval_at_start=True)
+report.append_training("distill", trainer, result, {"teacher": args.teacher, "kl_weight": args.kl_weight,
+                                                    "temperature": args.temperature}, phase=out_source)
 val = result["val"]
 if val:
     key = "val_loss" if chat else "val_bpb"

@@ -6,6 +6,7 @@ non-English). GPT-2's and GPT-4's encodings are shown alongside when tiktoken ca
 
     python -m scripts.tok_eval [--data auto|fineweb|builtin|NAME|PATH]
 """
+from nanochat import report
 from nanochat.common import ArgumentParser, UserError, die, print0
 from nanochat.dataset import get_data_dir, parquets_iter_batched
 from nanochat.tokenizer import get_tokenizer
@@ -86,12 +87,18 @@ print0(f"tokenizer: {tokenizer.get_vocab_size():,d} tokens")
 header = f"{'text':<12} {'bytes':>9}" + "".join(f" {name + ' tokens':>12} {'bytes/tok':>9}" for name in encoders)
 print0(header)
 print0("-" * len(header))
+rows = []
 for label, text in texts.items():
     n_bytes = len(text.encode("utf-8"))
     row = f"{label:<12} {n_bytes:>9,d}"
+    cells = [label, n_bytes]
     for encode in encoders.values():
         n_tokens = encode(text)
         row += f" {n_tokens:>12,d} {n_bytes / max(n_tokens, 1):>9.2f}"
+        cells.append(n_bytes / max(n_tokens, 1))
     print0(row)
+    rows.append(cells)
+report.append_section("tok_eval", settings=vars(args), metrics={"vocab size": tokenizer.get_vocab_size()},
+                      tables=[("bytes per token (higher is better)", ["text", "bytes", *encoders], rows)])
 if len(encoders) == 1:
     print0("(GPT-2 and GPT-4 encodings not available offline; run once with a network to cache them)")

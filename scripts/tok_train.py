@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from nanochat import report
 from nanochat.common import ArgumentParser, UserError, die, print0
 from nanochat.dataset import get_data_dir, text_iterator
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer, compute_token_bytes, get_tokenizer_dir
@@ -22,7 +23,7 @@ parser = ArgumentParser(prog="python -m scripts.tok_train", description="Train t
 parser.add_argument("--vocab_size", type=int, default=65536, help="vocabulary size including the special tokens (default 65536)")
 parser.add_argument("--max_chars", type=float, default=2e9, help="train on at most this many characters (default 2e9: all there is, usually)")
 parser.add_argument("--doc_cap", type=int, default=10_000, help="use at most this many characters of each document (default 10000)")
-parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | builtin | a --text name | a folder of parquet shards")
+parser.add_argument("--data", type=str, default="auto", help="auto | fineweb | climbmix | builtin | a --text name | a folder of parquet shards")
 args = parser.parse_args()
 
 min_vocab = 256 + len(SPECIAL_TOKENS)
@@ -75,3 +76,7 @@ assert tokenizer.decode(ids) == sample, "tokenizer does not round-trip the sampl
 print0(f"sample: {len(sample.encode('utf-8'))} bytes -> {len(ids)} tokens")
 # pieces of a multi-byte character are shown as escaped bytes
 print0(" | ".join(tokenizer.decode_bytes([i]).decode("utf-8", errors="backslashreplace") for i in ids))
+report.append_section("tok_train", settings=vars(args), metrics={
+    "vocab size": tokenizer.get_vocab_size(), "characters trained on": n_chars, "training time (s)": train_time,
+    "token bytes min": int(ordinary.min()), "token bytes max": int(ordinary.max()), "token bytes mean": ordinary.mean().item(),
+    "data": data_dir})
