@@ -4,7 +4,7 @@ header when the .part is there, retried with exponential backoff, and renamed to
 it is complete (and, when asked, checked). FineWeb-Edu shards (nanochat.fineweb), TinyStories
 (nanochat.tinystories) and the chat tasks' files (nanochat.tasks) all come through download_file.
 
-Library API: download_file(url, path, ...), DownloadError.
+Library API: download_file(url, path, ...), DownloadError (.status: the HTTP status of a refusal).
 """
 import os
 import re
@@ -14,11 +14,17 @@ from nanochat.common import print0
 
 
 class DownloadError(Exception):
-    pass
+    """status: the HTTP status of a refusal (401, 403, 404, ...), None for other failures."""
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
 
 
 class _Permanent(Exception):
     """An answer that retrying will not change (404, 403, ...)."""
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
 
 
 class _Retry(Exception):
@@ -51,7 +57,7 @@ def _download_attempt(url, part, headers, timeout, on_bytes, stop):
             raise _Retry(f"server refused the range of a {have}-byte .part file; starting over")
         if r.status_code in (400, 401, 403, 404, 410):
             hint = " (set HF_TOKEN?)" if r.status_code in (401, 403) else ""
-            raise _Permanent(f"HTTP {r.status_code} {r.reason}{hint}")
+            raise _Permanent(f"HTTP {r.status_code} {r.reason}{hint}", r.status_code)
         r.raise_for_status()  # 5xx, 429, ...: retried
         if r.status_code == 206:
             start, total = _total_from_content_range(r.headers.get("Content-Range"))
@@ -104,7 +110,7 @@ def download_file(url, path, max_attempts=5, backoff=2.0, timeout=30, headers=No
         except _Permanent as e:
             if os.path.exists(part):
                 os.remove(part)
-            raise DownloadError(f"{name}: {e}") from None
+            raise DownloadError(f"{name}: {e}", e.status) from None
         except (requests.RequestException, _Retry) as e:
             if attempt == max_attempts:
                 raise DownloadError(f"{name}: {e} (gave up after {max_attempts} attempts)") from None

@@ -1,5 +1,6 @@
 """Helpers shared by the tests: run a script on the CPU, read the numbers it prints, serve files like the hub."""
 import http.server
+import json
 import os
 import re
 import subprocess
@@ -49,28 +50,68 @@ def assert_kv_decoding_matches(model, idx):
 class HubServer:
     """
     A local stand-in for huggingface.co on 127.0.0.1: serves root/<owner>/<name>/<revision>/<path> at
-    /datasets/<owner>/<name>/resolve/<revision>/<path> (hub_path gives a file's place). A repo in `gated`
-    needs its token: 401 without one (or for 'hf_expired'), 403 for any other. Records (path, Authorization).
+    /datasets/<owner>/<name>/resolve/<revision>/<path> and, for a model repo, /<owner>/<name>/resolve/<revision>/<path>
+    (hub_path gives a file's place), honouring Range as the hub does (206, or 416 past the end). A model repo's file
+    list is at /api/models/<owner>/<name>/revision/<revision> in the hub's shape: {"id", "sha", "siblings":
+    [{"rfilename", "size"}]}, sizes only with ?blobs=true; listed_sizes[(repo, path)] overrides a listed size.
+    A repo in `gated` needs its token: 401 without one (or for 'hf_expired'), 403 for any other.
+    Records (path, Authorization) in requests, (path, Range) of ranged requests in ranges.
     """
     def __init__(self, root, gated=None):
-        self.root, self.gated, self.requests = str(root), gated or {}, []
+        self.root, self.gated, self.requests, self.ranges, self.listed_sizes = str(root), gated or {}, [], [], {}
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 auth = self.headers.get("Authorization")
                 hub.requests.append((self.path, auth))
-                m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path)
+                path, _, query = self.path.partition("?")
+                m = (re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path) or
+                     re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path) or
+                     re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path))
                 if not m:
                     return self.send_error(404)
-                repo, revision, path = m.group(1), unquote(m.group(2)), m.group(3)
+                repo, revision = m.group(1), unquote(m.group(2))
                 if repo in hub.gated and auth != f"Bearer {hub.gated[repo]}":
                     return self.send_error(401 if auth in (None, "Bearer hf_expired") else 403)
-                file = hub_path(hub.root, repo, path, revision)
+                if path.startswith("/api/"):
+                    return self.send_listing(repo, revision, "blobs=true" in query)
+                file = hub_path(hub.root, repo, unquote(m.group(3)), revision)
                 if not os.path.isfile(file):
                     return self.send_error(404)
-                body = open(file, "rb").read()
+                self.send_file(open(file, "rb").read())
+
+            def send_file(self, body):
+                start = 0
+                if self.headers.get("Range"):
+                    hub.ranges.append((self.path, self.headers["Range"]))
+                    start = int(re.fullmatch(r"bytes=(\d+)-", self.headers["Range"]).group(1))
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        return self.end_headers()
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+            def send_listing(self, repo, revision, blobs):
+                folder = hub_path(hub.root, repo, "", revision)
+                if not os.path.isdir(folder):
+                    return self.send_error(404)
+                siblings = []
+                for dirpath, _, names in os.walk(folder):
+                    for name in names:
+                        rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
+                        size = hub.listed_sizes.get((repo, rel), os.path.getsize(os.path.join(dirpath, name)))
+                        siblings.append({"rfilename": rel, **({"size": size} if blobs else {})})
+                body = json.dumps({"id": repo, "sha": "0" * 40, "siblings": sorted(siblings, key=lambda s: s["rfilename"])}).encode()
                 self.send_response(200)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -91,5 +132,5 @@ class HubServer:
 
 
 def hub_path(root, repo, path, revision="main"):
-    """Where HubServer(root) looks for a file of a dataset repo."""
+    """Where HubServer(root) looks for a file of a repo (dataset or model)."""
     return os.path.join(str(root), repo, revision, path)
