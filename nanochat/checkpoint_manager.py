@@ -1,8 +1,10 @@
 """
-Saving and loading checkpoints in nanochat's layout, so its users' files load as they are:
+Saving and loading checkpoints in nanochat's layout, so its users' files load as they are (those
+of karpathy/nanochat's October 2025 and 2026 code too: nanochat.nanochat_compat):
 $NANOCHAT_BASE_DIR/{base,mid,chatsft,chatrl,curriculum}_checkpoints/<model_tag>/
     model_<step:06d>.pt   the model's state dict
-    optim_<step:06d>.pt   the optimizers' state dicts (for --resume)
+    optim_<step:06d>.pt   the optimizers' state dicts (for --resume; nanochat 2026 writes one
+                          optim_<step:06d>_rank<r>.pt per rank, which loading a model ignores)
     meta_<step:06d>.json  model_config, training settings, loop and dataloader state
 Each file is written to a temporary name, fsynced, renamed, and the folder fsynced after the
 rename; meta is written last. So a checkpoint whose meta exists is complete even after a kill or a
@@ -21,7 +23,8 @@ import shutil
 import torch
 
 from nanochat.common import get_base_dir, UserError
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT
+from nanochat.nanochat_compat import check_state, config_from_checkpoint
 
 PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints",
               "curriculum": "curriculum_checkpoints"}
@@ -115,7 +118,9 @@ def checkpoint_steps(checkpoint_dir):
 def remove_old_checkpoints(checkpoint_dir, keep_last):
     """Remove all but the newest keep_last complete checkpoints: meta first, so a half-removed one is never taken for complete."""
     for step in checkpoint_steps(checkpoint_dir)[:-keep_last]:
-        for name in (f"meta_{step:06d}.json", f"model_{step:06d}.pt", f"optim_{step:06d}.pt"):
+        names = [f"meta_{step:06d}.json", f"model_{step:06d}.pt", f"optim_{step:06d}.pt"]
+        shards = sorted(glob.glob(os.path.join(checkpoint_dir, f"optim_{step:06d}_rank*.pt")))  # nanochat 2026's
+        for name in names + [os.path.basename(p) for p in shards]:
             path = os.path.join(checkpoint_dir, name)
             if os.path.exists(path):
                 os.remove(path)
@@ -143,7 +148,11 @@ def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False):
     model_state = _load_file(os.path.join(checkpoint_dir, f"model_{step:06d}.pt"), device)
     optim_state = None
     if load_optimizer:
-        optim_state = _load_file(os.path.join(checkpoint_dir, f"optim_{step:06d}.pt"), device)
+        optim_path = os.path.join(checkpoint_dir, f"optim_{step:06d}.pt")
+        if not os.path.exists(optim_path) and glob.glob(os.path.join(checkpoint_dir, f"optim_{step:06d}_rank*.pt")):
+            raise UserError(f"{checkpoint_dir} step {step} holds nanochat 2026's per-rank optimizer shards "
+                            f"(optim_{step:06d}_rank<r>.pt), which our optimizers do not resume from: start from its weights instead")
+        optim_state = _load_file(optim_path, device)
     return model_state, optim_state, meta
 
 
@@ -169,19 +178,24 @@ def find_model_tag(checkpoints_dir):
 
 
 def model_from_state(model_state, model_config, device):
-    """Build a GPT from a config dict and load weights (bf16 tensors are cast to the model's fp32)."""
-    known = set(GPTConfig.__dataclass_fields__)
-    config = GPTConfig(**{k: v for k, v in model_config.items() if k in known})
+    """
+    Build a GPT from a checkpoint's model_config (ours, or nanochat's of October 2025 or 2026:
+    nanochat.nanochat_compat) and load its weights (bf16 tensors are cast to the model's fp32).
+    Keys of the config we do not know, and tensors the model does not have or lacks, are a
+    one-line UserError naming them: such a checkpoint is never loaded into a different model.
+    """
+    config, era = config_from_checkpoint(model_config)
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()  # also builds the rotary tables, which are not in the state dict
     # a model saved from torch.compile has its keys prefixed
     model_state = {k.removeprefix("_orig_mod."): v for k, v in model_state.items()}
+    check_state(model, model_state, era)
     try:
         model.load_state_dict(model_state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint does not match its model_config: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:  # (check_state has named missing, unexpected and reshaped tensors)
+        raise UserError(f"checkpoint does not match its model_config: {' '.join(str(e).split())}") from None
     return model
 
 

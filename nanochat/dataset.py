@@ -5,6 +5,9 @@ Four sources write that same layout, so one code path (this module) reads all of
 
     python -m nanochat.dataset -n 8        FineWeb-Edu shards 0..7 plus the validation shard
                                            -> $NANOCHAT_BASE_DIR/base_data/ (nanochat.fineweb)
+    python -m nanochat.dataset -n 8 --source climbmix
+                                           ClimbMix shards (nanochat's data since March 2026)
+                                           -> $NANOCHAT_BASE_DIR/base_data_climbmix/
     python -m nanochat.dataset --builtin   offline corpus: stdlib docstrings, pydoc topics and
                                            generated exercises (arithmetic, counting, brackets,
                                            lists, sorting, copying, ListOps; nanochat.exercises)
@@ -19,7 +22,7 @@ Four sources write that same layout, so one code path (this module) reads all of
 Where the rest lives: writing shards in nanochat.shard_writer; resumable downloads (.part files,
 Range, retries with backoff) in nanochat.download. HF_TOKEN (if set) is sent as a bearer token,
 NANOCHAT_DATA_URL replaces the FineWeb-Edu address and NANOCHAT_HF_URL the hub's host for
-TinyStories (a mirror, or a test server).
+TinyStories and ClimbMix (a mirror, or a test server).
 
 Library API (reading): get_data_dir(source), list_parquet_files(data_dir), split_files(split, data_dir),
 parquets_iter_batched(split, data_dir, start, step), text_iterator(data_dir, max_chars, doc_cap),
@@ -59,17 +62,21 @@ def _check_shards(data_dir, hint):
 def get_data_dir(source="auto"):
     """
     The folder of shards for a data source:
-    "fineweb" (base_data/), "builtin" (builtin_data/), "tinystories" (tinystories_data/), "auto"
-    (FineWeb when any shards were downloaded, else the built-in corpus when built), the NAME given
+    "fineweb" (base_data/), "climbmix" (base_data_climbmix/), "builtin" (builtin_data/), "tinystories"
+    (tinystories_data/), "auto" (FineWeb when any shards were downloaded, else ClimbMix, else the
+    built-in corpus when built), the NAME given
     to `--text ... --name NAME`, or a path to a folder of shards. Raises UserError with a one-line
     fix when there is no data.
     """
     base = get_base_dir()
     fineweb_dir = os.path.join(base, "base_data")
     builtin_dir = os.path.join(base, "builtin_data")
+    climbmix_dir = os.path.join(base, "base_data_climbmix")
     if source == "auto":
         if list_parquet_files(fineweb_dir):
             source = "fineweb"
+        elif list_parquet_files(climbmix_dir):
+            source = "climbmix"
         elif list_parquet_files(builtin_dir):
             source = "builtin"
         else:
@@ -77,6 +84,8 @@ def get_data_dir(source="auto"):
                             "or `python -m nanochat.dataset -n 8` (downloads FineWeb-Edu)")
     if source == "fineweb":
         return _check_shards(fineweb_dir, "download them with `python -m nanochat.dataset -n 8`")
+    if source == "climbmix":
+        return _check_shards(climbmix_dir, "download them with `python -m nanochat.dataset -n 8 --source climbmix`")
     if source == "builtin":
         return _check_shards(builtin_dir, "build it with `python -m nanochat.dataset --builtin`")
     if source == "tinystories":
@@ -87,7 +96,7 @@ def get_data_dir(source="auto"):
         return _check_shards(text_dir, f"rebuild it with `python -m nanochat.dataset --text PATH --name {source}`")
     if os.path.isdir(source):
         return _check_shards(source, "a data folder holds shard_00000.parquet, shard_00001.parquet, ...")
-    raise UserError(f"unknown data source {source!r}: use auto, fineweb, builtin, tinystories, a --text name, or a folder of parquet shards")
+    raise UserError(f"unknown data source {source!r}: use auto, fineweb, climbmix, builtin, tinystories, a --text name, or a folder of parquet shards")
 
 
 def split_files(split, data_dir):
@@ -129,11 +138,15 @@ def text_iterator(data_dir=None, max_chars=2_000_000_000, doc_cap=10_000):
 # command line (the sources' modules import this one, so they are imported when used)
 
 def _parser():
-    from nanochat.fineweb import MAX_SHARD
-    parser = ArgumentParser(prog="python -m nanochat.dataset", description="Get pretraining data: download FineWeb-Edu shards, build the offline "
-                                        "built-in corpus, or turn your own text files into shards.")
+    from nanochat.fineweb import SOURCES
+    parser = ArgumentParser(prog="python -m nanochat.dataset", description="Get pretraining data: download FineWeb-Edu or ClimbMix "
+                                        "shards, build the offline built-in corpus, or turn your own text files into shards.")
     parser.add_argument("-n", "--num_shards", type=int, default=None,
-                        help=f"download FineWeb-Edu train shards 0..N-1 (-1: all {MAX_SHARD}) plus the validation shard")
+                        help=f"download train shards 0..N-1 (-1: all {SOURCES['fineweb'][1]} of FineWeb-Edu, "
+                             f"{SOURCES['climbmix'][1]} of ClimbMix) plus the validation shard")
+    parser.add_argument("--source", type=str, default="fineweb", choices=list(SOURCES),
+                        help="with -n: fineweb (FineWeb-Edu, into base_data/, default) or climbmix (ClimbMix-400B, "
+                             "nanochat's data since March 2026, into base_data_climbmix/; train with --data climbmix)")
     parser.add_argument("-w", "--num_workers", type=int, default=4, help="shards downloaded at once (default 4)")
     parser.add_argument("--builtin", action="store_true", help="build the offline built-in corpus (no network needed)")
     parser.add_argument("--builtin_chars", type=float, default=4e6, help="size of the built-in corpus in characters (default 4e6)")
@@ -178,7 +191,7 @@ def _run(args, t0):
         from nanochat.fineweb import download_fineweb
         if args.num_workers < 1:
             raise UserError("--num_workers must be at least 1")
-        errors = download_fineweb(args.num_shards, args.num_workers)
+        errors = download_fineweb(args.num_shards, args.num_workers, source=args.source)
         if errors:
             die(f"{len(errors)} shard(s) failed (first: {errors[0]}); run the same command again to resume")
         print0(f"done in {time.time() - t0:.0f}s")

@@ -22,6 +22,11 @@ graph, which is what batch-1 speed is made of) without changing it:
 - the attention mask is built once per step as an additive float mask, not per layer from bools;
 - GQA groups the query heads of one kv head as the rows of one attention call instead of
   repeating k and v.
+The 2026 options (nanochat.arch2026) are the same math too: the value embedding of the token and
+its gate, the q/k gain, the residual/x0 scalars, the backout, a padded vocabulary's logits cut
+back; a sliding window is one more condition in the layer's mask (pos - window <= slot); the
+smear reads the previous token from a static history of the ids (re-embedded: a step must not
+change state that its own replay reads, and capture runs the step before the graph replays it).
 Under bf16/fp16 the step runs in the same autocast as the eager path, but the weights it
 multiplies are cast once up front (autocast would cast them to the same values on every call), so
 a token reads each weight once, in bf16. Prefill runs the model's own forward (eager), writing
@@ -108,8 +113,10 @@ class StaticKVDecoder:
         self.v = torch.zeros(shape, device=device, dtype=cache_dtype)
         # static inputs of the step: the graph reads these addresses, we copy new values in
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.history = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)  # the ids so far (smear)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.arange = torch.arange(max_len, device=device)
+        self.spans = [block.attn.window for block in model.transformer.h]  # sliding windows (None: all)
         self.pos_host = 0  # the host knows the position too: it picks the window and checks overflow
         self.graphs = {}   # window -> (CUDAGraph, static logits)
         self._step_fn = self._forward_step
@@ -132,9 +139,11 @@ class StaticKVDecoder:
         self.sin2 = torch.cat([m.sin, -m.sin], dim=-1)
         self.ln_e = _norm_weight(m.transformer.ln_e)
         self.ln_f = _norm_weight(m.transformer.ln_f)
-        self.lm_head = cast(m.lm_head.weight)
+        self.lm_head = cast(m.classifier_weight())
+        self.smear = (m.smear_lambda.detach(), cast(m.smear_gate.weight)) if c.smear else None
+        self.backout = m.backout_lambda.detach() if c.backout else None
         self.layers = []
-        for block in m.transformer.h:
+        for i, block in enumerate(m.transformer.h):
             a, mlp = block.attn, block.mlp
             layer = dict(
                 ln_1=_norm_weight(block.ln_1), ln_2=_norm_weight(block.ln_2),
@@ -142,6 +151,10 @@ class StaticKVDecoder:
                 attn_proj=cast(a.c_proj.weight),
                 mlp_proj=cast(mlp.c_proj.weight),
             )
+            if c.layer_lambdas:
+                layer["lambdas"] = (m.resid_lambdas[i].detach(), m.x0_lambdas[i].detach())
+            if a.ve_gate is not None:  # the value embedding: a lookup (not cast) and its gate
+                layer["ve"] = (m.value_embeds[str(i)].weight.detach(), cast(a.ve_gate.weight))
             if c.mlp == "swiglu":
                 layer["gate_fc"] = cast(torch.cat([mlp.c_gate.weight, mlp.c_fc.weight]))
             else:
@@ -153,7 +166,8 @@ class StaticKVDecoder:
         """Bytes of weights a decode step reads (matmul weights; the embedding lookup reads B rows)."""
         n = self.lm_head.numel() * self.lm_head.element_size()
         for layer in self.layers:
-            n += sum(t.numel() * t.element_size() for t in layer.values() if t is not None)
+            # (not the tuples: the 2026 scalars, and a value embedding, a lookup of B rows, with its tiny gate)
+            n += sum(t.numel() * t.element_size() for t in layer.values() if torch.is_tensor(t))
         return n
 
     # -------------------------------------------------------------------------
@@ -172,31 +186,52 @@ class StaticKVDecoder:
         B, H, Hkv, D = self.batch_size, c.n_head, c.n_kv_head, c.head_dim
         G = H // Hkv
         pos = self.pos
-        x = F.embedding(self.token, self.wte)  # (B, 1, C)
-        x = norm(x, self.ln_e)
+        x = norm(F.embedding(self.token, self.wte), self.ln_e)  # (B, 1, C)
+        if self.smear is not None:  # the previous token's normed embedding, gated (arch2026.smear)
+            self.history.index_copy_(1, pos, self.token)
+            prev = norm(F.embedding(self.history.index_select(1, pos - 1), self.wte), self.ln_e)
+            lam, gate_w = self.smear
+            x = x + lam.to(x.dtype) * torch.sigmoid(F.linear(x[..., :gate_w.size(1)], gate_w)) * prev
+        x0, x_mid = x, None
         cos = self.cos2.index_select(1, pos)  # (1, 1, 1, D)
         sin = self.sin2.index_select(1, pos)
-        # additive mask in the dtype attention runs in (SDPA would convert a bool mask per layer)
+        # additive masks in the dtype attention runs in (SDPA would convert a bool mask per layer),
+        # one per sliding window (None: the whole context)
         mask_dtype = self.dtype if self.use_autocast else self.k.dtype
-        mask = torch.zeros(window, dtype=mask_dtype, device=self.device)
-        mask = mask.masked_fill(self.arange[:window] > pos, float("-inf")).view(1, 1, 1, window)
+        slots = self.arange[:window]
+        masks = {}
+        for span in self.spans:
+            if span not in masks:
+                out = slots > pos if span is None else (slots > pos) | (slots < pos - span)
+                masks[span] = torch.zeros(window, dtype=mask_dtype, device=self.device).masked_fill(
+                    out, float("-inf")).view(1, 1, 1, window)
         for i, w in enumerate(self.layers):
+            if "lambdas" in w:
+                x = w["lambdas"][0] * x + w["lambdas"][1] * x0
             h = norm(x, w["ln_1"])
             qkv = F.linear(h, w["qkv"]).view(B, 1, H + 2 * Hkv, D)
             # rotary and QK-norm act per head on the last dim: do q and k in one go
             qk = qkv[:, :, :H + Hkv]
             swapped = torch.cat([qk[..., D // 2:], qk[..., :D // 2]], dim=-1)
             qk = norm((qk * cos + swapped * sin).to(qk.dtype))
+            if c.qk_gain != 1.0:
+                qk = qk * c.qk_gain
             q = qk[:, :, :H].transpose(1, 2)                 # (B, H, 1, D)
             k = qk[:, :, H:].transpose(1, 2)                 # (B, Hkv, 1, D)
-            v = qkv[:, :, H + Hkv:].transpose(1, 2)          # (B, Hkv, 1, D)
+            v = qkv[:, :, H + Hkv:]                          # (B, 1, Hkv, D)
+            if "ve" in w:
+                table, gate_w = w["ve"]
+                factor = 3 * torch.sigmoid(F.linear(h[..., :gate_w.size(1)], gate_w))  # (B, 1, Hkv)
+                v = v + factor.unsqueeze(-1) * F.embedding(self.token, table).view_as(v).to(v.dtype)
+            v = v.transpose(1, 2)                            # (B, Hkv, 1, D)
             k_cache, v_cache = self.k[i], self.v[i]          # (B, Hkv, max_len, D)
             k_cache.index_copy_(2, pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, pos, v.to(v_cache.dtype))
             # GQA: query head h uses kv head h // G, so the G query heads of one kv head are the
             # G rows of one attention call over that kv head (no repeated k/v)
             q = q.reshape(B, Hkv, G, D)
-            y = F.scaled_dot_product_attention(q, k_cache[:, :, :window], v_cache[:, :, :window], attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :window], v_cache[:, :, :window],
+                                               attn_mask=masks[self.spans[i]])
             y = y.reshape(B, 1, H * D)
             x = x + F.linear(y, w["attn_proj"])
             h = norm(x, w["ln_2"])
@@ -207,6 +242,10 @@ class StaticKVDecoder:
                 r = F.relu(F.linear(h, w["fc"]))
                 h = r * r  # as gpt.MLP: a product keeps the autocast dtype where .square() would not
             x = x + F.linear(h, w["mlp_proj"])
+            if self.backout is not None and i == c.n_layer // 2:
+                x_mid = x
+        if x_mid is not None:
+            x = x - self.backout.to(x.dtype) * x_mid
         x = norm(x, self.ln_f)
         logits = F.linear(x, self.lm_head)
         softcap = self.model.softcap
@@ -252,7 +291,8 @@ class StaticKVDecoder:
             raise ValueError(f"prompt of {T} tokens does not fit the decoder's max_len {self.max_len}")
         # a KVCache whose storage is rows [0, rows) of the static cache: the model writes into it
         cache = KVCache.__new__(KVCache)
-        cache.k, cache.v, cache.pos = self.k[:, :rows], self.v[:, :rows], 0
+        cache.k, cache.v, cache.pos, cache.prev_embedding = self.k[:, :rows], self.v[:, :rows], 0, None
+        self.history[:, :T] = ids
         with self._autocast():
             logits = self.model(ids, kv_cache=cache)[:, -1, :]
         if rows == 1 and self.batch_size > 1:

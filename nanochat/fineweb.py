@@ -1,15 +1,20 @@
 """
-FineWeb-Edu (karpathy/fineweb-edu-100b-shuffle on the Hugging Face hub): parquet shards of ~100 MB
-downloaded into $NANOCHAT_BASE_DIR/base_data/, several at once, each through
-nanochat.download.download_file (a .part resumed with Range, retried with backoff):
+The pretraining shards on the Hugging Face hub, downloaded several at once, each through
+nanochat.download.download_file (a .part resumed with Range, retried with backoff). Two sources
+of the same format (parquet, one `text` column, shard_{i:05d}.parquet, the last one validation):
 
-    python -m nanochat.dataset -n 8 [-w 4]     train shards 0..7 plus the validation shard
+    python -m nanochat.dataset -n 8 [-w 4]                    FineWeb-Edu (karpathy/fineweb-edu-100b-shuffle,
+                                                              shards 0..1822) -> $NANOCHAT_BASE_DIR/base_data/
+    python -m nanochat.dataset -n 8 --source climbmix         ClimbMix (karpathy/climbmix-400b-shuffle, shards
+                                                              0..6542, nanochat's data since March 2026)
+                                                              -> $NANOCHAT_BASE_DIR/base_data_climbmix/ (nanochat's folder)
 
-The validation shard is always the last one (shard_01822.parquet). HF_TOKEN (if set) is sent as a
-bearer token; NANOCHAT_DATA_URL replaces the address (a mirror, or a test server).
+-n N takes train shards 0..N-1 plus the validation shard. HF_TOKEN (if set) is sent as a bearer
+token; NANOCHAT_DATA_URL replaces FineWeb-Edu's address and NANOCHAT_HF_URL the hub's host for
+ClimbMix (a mirror, or a test server).
 
-Library API: download_shard(index, data_dir, ...), download_fineweb(num_shards, num_workers, ...),
-shards_to_download(num_shards), MAX_SHARD.
+Library API: download_shard(index, data_dir, ..., source), download_fineweb(num_shards, num_workers, ...,
+source), shards_to_download(num_shards, source), SOURCES, MAX_SHARD (FineWeb-Edu's).
 """
 import concurrent.futures
 import os
@@ -22,10 +27,24 @@ from nanochat.download import DownloadError, download_file
 
 FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD = 1822  # shard_01822.parquet is the last one; nanochat always uses it for validation
+# source -> (hub repo, last shard = validation, folder under $NANOCHAT_BASE_DIR), as nanochat names them
+SOURCES = {
+    "fineweb": ("karpathy/fineweb-edu-100b-shuffle", MAX_SHARD, "base_data"),
+    "climbmix": ("karpathy/climbmix-400b-shuffle", 6542, "base_data_climbmix"),
+}
 
 
-def _resolve_url(base_url):
-    return (base_url or os.environ.get("NANOCHAT_DATA_URL") or FINEWEB_URL).rstrip("/")
+def _resolve_url(base_url, source="fineweb"):
+    if base_url:
+        return base_url.rstrip("/")
+    if source == "fineweb":
+        return (os.environ.get("NANOCHAT_DATA_URL") or FINEWEB_URL).rstrip("/")
+    from nanochat.tasks import hf_url
+    return hf_url(SOURCES[source][0], "").rstrip("/")
+
+
+def data_dir_for(source):
+    return os.path.join(get_base_dir(), SOURCES[source][2])
 
 
 def _auth_headers():
@@ -44,9 +63,9 @@ def _not_parquet(path):
     return None
 
 
-def download_shard(index, data_dir, base_url=None, **kwargs):
-    """Download one FineWeb-Edu shard into data_dir (skipped when already there); returns its path."""
-    base_url = _resolve_url(base_url)
+def download_shard(index, data_dir, base_url=None, source="fineweb", **kwargs):
+    """Download one shard of a source into data_dir (skipped when already there); returns its path."""
+    base_url = _resolve_url(base_url, source)
     path = os.path.join(data_dir, shard_name(index))
     if os.path.exists(path):
         return path
@@ -54,10 +73,11 @@ def download_shard(index, data_dir, base_url=None, **kwargs):
     return download_file(f"{base_url}/{shard_name(index)}", path, headers=_auth_headers(), validate=_not_parquet, **kwargs)
 
 
-def shards_to_download(num_shards):
+def shards_to_download(num_shards, source="fineweb"):
     """Train shards 0..num_shards-1 (-1: all) plus the validation shard, which is always the last one."""
-    n = MAX_SHARD if num_shards < 0 else min(num_shards, MAX_SHARD)
-    return list(range(n)) + [MAX_SHARD]
+    last = SOURCES[source][1]
+    n = last if num_shards < 0 else min(num_shards, last)
+    return list(range(n)) + [last]
 
 
 def check_reachable(base_url, index, timeout=10):
@@ -72,14 +92,14 @@ def check_reachable(base_url, index, timeout=10):
                         f"corpus instead with `python -m nanochat.dataset --builtin`") from None
 
 
-def download_fineweb(num_shards, num_workers=4, data_dir=None, base_url=None, progress_every=10.0, **kwargs):
+def download_fineweb(num_shards, num_workers=4, data_dir=None, base_url=None, progress_every=10.0, source="fineweb", **kwargs):
     """
-    Download FineWeb-Edu shards 0..num_shards-1 and the validation shard, num_workers at a time.
-    Returns the list of error messages (empty when every shard is there).
+    Download shards 0..num_shards-1 of a source (FineWeb-Edu, or ClimbMix) and its validation
+    shard, num_workers at a time. Returns the list of error messages (empty when every shard is there).
     """
-    data_dir = data_dir or os.path.join(get_base_dir(), "base_data")
-    base_url = _resolve_url(base_url)
-    indices = shards_to_download(num_shards)
+    data_dir = data_dir or data_dir_for(source)
+    base_url = _resolve_url(base_url, source)
+    indices = shards_to_download(num_shards, source)
     todo = [i for i in indices if not os.path.exists(os.path.join(data_dir, shard_name(i)))]
     print0(f"{len(indices)} shards wanted in {data_dir}: {len(indices) - len(todo)} already there, {len(todo)} to download "
            f"from {base_url} with {num_workers} workers")

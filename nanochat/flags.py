@@ -4,10 +4,12 @@ The command-line flag groups several scripts share, in one place:
 - model source: -i/--source, -g/--model_tag, -s/--step (which checkpoint to load);
 - precision: --precision (autocast dtype) and --optimizer;
 - architecture: --depth alone (nanochat's shortcut) or explicit shapes, attention and MLP kinds,
-  or --variant NAME from the registry (nanochat/variants.py); config_from_args builds the model
-  config from them.
+  or --variant NAME from the registry (nanochat/variants.py); nanochat's 2026 options one by one
+  or all of them (--arch_2026, nanochat/arch2026.py); config_from_args builds the model config
+  from them.
 Script-specific flags stay in the scripts; the training loop's flags are nanochat.train_settings'.
 """
+from nanochat import arch2026
 from nanochat.checkpoint_manager import PHASE_DIRS
 from nanochat.gpt import GPTConfig
 from nanochat.variants import VOCAB_SIZE, variant_config
@@ -38,7 +40,8 @@ def add_precision_args(parser, precision="auto", optimizer=True, choices=PRECISI
 
 
 ARCH_DEFAULTS = dict(depth=20, n_layer=0, model_dim=0, head_dim=0, n_kv_head=0, mlp="relu2", mlp_hidden=0,
-                     tie_embeddings=False, norm_weight=False, attn="standard", moe_experts=0, moe_top_k=2)
+                     tie_embeddings=False, norm_weight=False, attn="standard", moe_experts=0, moe_top_k=2,
+                     arch_2026=False, **arch2026.OFF)
 
 
 def add_arch_args(parser, vocab_size=False):
@@ -58,6 +61,7 @@ def add_arch_args(parser, vocab_size=False):
                    help="attention: standard, or diff (differential attention: width/(2*head_dim) heads of two maps)")
     g.add_argument("--moe_experts", type=int, default=d["moe_experts"], help="0: a dense MLP (default); N: a mixture of N experts")
     g.add_argument("--moe_top_k", type=int, default=d["moe_top_k"], help="with --moe_experts: experts per token (default 2)")
+    add_arch2026_args(g)
     g.add_argument("--variant", type=str, default="", help="a named architecture of nanochat.variants (v01_dense_small ... "
                    "v10_wide_shallow, or a unique prefix such as v03): sets every flag above")
     g.add_argument("--scale", type=str, default="full", choices=["full", "tiny"],
@@ -65,6 +69,41 @@ def add_arch_args(parser, vocab_size=False):
     if vocab_size:
         g.add_argument("--vocab_size", type=int, default=0, help="vocabulary size (default 65536; 49,152 with --variant)")
     return g
+
+
+def add_arch2026_args(g):
+    """nanochat's 2026 architecture (karpathy/nanochat 92d63d4): each option, and --arch_2026 for all of them."""
+    p = arch2026.PRESET
+    g.add_argument("--arch_2026", action="store_true",
+                   help="nanochat's 2026 architecture: every option below as nanochat 92d63d4 sets it "
+                        f"(qk_gain {p['qk_gain']}, rope_base {p['rope_base']}, window_pattern {p['window_pattern']}, "
+                        f"pad_vocab_to {p['pad_vocab_to']}); options given as well override it")
+    g.add_argument("--value_embeds", action="store_true",
+                   help="value embeddings on alternating layers (the last always), gated per kv head, added to v")
+    g.add_argument("--smear", action="store_true", help="mix the previous token's embedding into each position (gated)")
+    g.add_argument("--layer_lambdas", action="store_true",
+                   help="learned per-layer scalars: x = resid_lambdas[i] * x + x0_lambdas[i] * x0 before block i")
+    g.add_argument("--backout", action="store_true", help="subtract backout_lambda x the middle layer's residual before the last norm")
+    g.add_argument("--qk_gain", type=float, default=1.0, help="scale q and k after QK-norm (default 1.0; nanochat 2026: 1.2)")
+    g.add_argument("--rope_base", type=int, default=10000, help="rotary base (default 10000; nanochat 2026: 100000)")
+    g.add_argument("--rope_dtype", type=str, default="bf16", choices=["bf16", "compute"],
+                   help="rotary tables rounded to bf16 (default, nanochat 2025) or kept in the compute dtype (2026)")
+    g.add_argument("--window_pattern", type=str, default="",
+                   help="sliding-window attention, S (short) and L (long = max_seq_len) tiled over the layers, the last "
+                        "always L, e.g. SSSL (default: full context everywhere)")
+    g.add_argument("--window_short", type=int, default=0,
+                   help="the S window in tokens (default 0: nanochat's max_seq_len/4 rounded up to a multiple of 128)")
+    g.add_argument("--pad_vocab_to", type=int, default=0,
+                   help="pad the embedding and lm_head rows to a multiple of this (nanochat 2026: 64); logits are cut back")
+    g.add_argument("--init_scheme", type=str, default="2025", choices=["2025", "2026"], help="weight init: nanochat's 2025 or 2026 scheme")
+
+
+def arch2026_options(args):
+    """The GPTConfig fields of the 2026 options from the flags: --arch_2026's values, and any option given."""
+    opts = {k: getattr(args, k, off) for k, off in arch2026.OFF.items()}
+    if getattr(args, "arch_2026", False):
+        opts.update({k: v for k, v in arch2026.PRESET.items() if opts[k] == arch2026.OFF[k]})
+    return opts
 
 
 def config_from_args(args, vocab_size, sequence_len):
@@ -91,7 +130,7 @@ def config_from_args(args, vocab_size, sequence_len):
                        n_kv_head=n_kv_head, n_embd=model_dim, head_dim=head_dim, mlp=args.mlp,
                        mlp_hidden=args.mlp_hidden, tie_embeddings=args.tie_embeddings,
                        norm_weight=args.norm_weight, attn=attn, moe_experts=getattr(args, "moe_experts", 0),
-                       moe_top_k=getattr(args, "moe_top_k", 2))
+                       moe_top_k=getattr(args, "moe_top_k", 2), **arch2026_options(args))
     return config.validate()
 
 

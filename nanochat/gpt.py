@@ -7,7 +7,9 @@ The GPT model. The default configuration computes the same function as karpathy/
 - relu^2 MLP, untied embeddings, norms without weight, no biases
 Extra options with defaults that keep that function: explicit head_dim, SwiGLU MLP with its own
 hidden size, tied embeddings, RMSNorm with weight, gradient checkpointing, differential attention
-(nanochat.attention) and a mixture-of-experts MLP (nanochat.mlp).
+(nanochat.attention), a mixture-of-experts MLP (nanochat.mlp), and the pieces of nanochat's 2026
+architecture (value embeddings, smear, x0/residual scalars, backout, q/k gain, rotary base, sliding
+windows, a padded vocabulary, its init: nanochat.arch2026, with the parameter names of its checkpoints).
 """
 import math
 from dataclasses import dataclass, asdict
@@ -17,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nanochat import arch2026
 from nanochat.attention import ATTENTION, apply_rotary_emb, kv_shapes, norm  # noqa: F401 (norm, apply_rotary_emb: re-exported)
 from nanochat.fused_loss import fused_linear_cross_entropy
 from nanochat.mlp import MLP, MoE
@@ -38,6 +41,18 @@ class GPTConfig:
     attn: str = "standard"    # "standard", or "diff": differential attention (n_head heads of two maps; 2*n_head*head_dim = n_embd)
     moe_experts: int = 0      # 0: a dense MLP; N: a mixture of N experts, each an MLP of mlp_hidden
     moe_top_k: int = 2        # experts per token
+    # nanochat's 2026 architecture (nanochat.arch2026); these defaults are its October 2025 function
+    value_embeds: bool = False   # value embeddings with their gates on alternating layers (the last always)
+    smear: bool = False          # mix the previous token's embedding into each position, gated
+    layer_lambdas: bool = False  # per-layer resid_lambdas / x0_lambdas scalars before each block
+    backout: bool = False        # subtract backout_lambda x the middle layer's residual before the last norm
+    qk_gain: float = 1.0         # q and k scaled after QK-norm (2026: 1.2)
+    rope_base: int = 10000       # rotary base (2026: 100000)
+    rope_dtype: str = "bf16"     # rotary tables rounded to bf16 ("bf16", October 2025) or in the compute dtype ("compute")
+    window_pattern: str = ""     # sliding windows, e.g. "SSSL" tiled over the layers, last layer L; "": full context
+    window_short: int = 0        # the S window (0: nanochat's ceil(sequence_len / 4 / 128) * 128); L is sequence_len
+    pad_vocab_to: int = 0        # wte / lm_head rows padded to a multiple of this (2026: 64); logits cut to vocab_size
+    init_scheme: str = "2025"    # "2025" or "2026" (nanochat's newer init of the shared weights)
 
     def __post_init__(self):
         if self.head_dim == 0 and self.n_head > 0:
@@ -69,6 +84,7 @@ class GPTConfig:
                              f"top_k {self.moe_top_k}")
         if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head != 0:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        arch2026.validate(self)
         return self
 
     def to_dict(self):
@@ -91,12 +107,14 @@ class KVCache:
     (n_layer, B, v_heads, max_len, v_dim); the same shapes unless given (differential attention
     keeps two keys of head_dim and one value of 2*head_dim per kv head).
     Layers insert at the current position; the model advances the position once per forward.
+    With smear (nanochat.arch2026) it also keeps the last position's normed embedding.
     """
     def __init__(self, batch_size, num_kv_heads, max_len, head_dim, num_layers, device, dtype, v_heads=None, v_dim=None):
         self.k = torch.zeros((num_layers, batch_size, num_kv_heads, max_len, head_dim), device=device, dtype=dtype)
         v_shape = (num_layers, batch_size, v_heads or num_kv_heads, max_len, v_dim or head_dim)
         self.v = torch.zeros(v_shape, device=device, dtype=dtype)
         self.pos = 0
+        self.prev_embedding = None  # (B, 1, C): the smear of the next token reads it
 
     @property
     def max_len(self):
@@ -108,6 +126,7 @@ class KVCache:
 
     def reset(self):
         self.pos = 0
+        self.prev_embedding = None
 
     def insert_kv(self, layer_idx, k, v):
         t0, t1 = self.pos, self.pos + k.size(2)
@@ -128,6 +147,8 @@ class KVCache:
         self.k[:, :, :, :n] = other.k[:, :, :, :n]
         self.v[:, :, :, :n] = other.v[:, :, :, :n]
         self.pos = n
+        prev = other.prev_embedding
+        self.prev_embedding = None if prev is None else prev.expand(self.batch_size, -1, -1).clone()
 
 
 class Block(nn.Module):
@@ -138,8 +159,8 @@ class Block(nn.Module):
         self.ln_2 = RMSNorm(config.n_embd, config.norm_weight)
         self.mlp = MoE(config) if config.moe_experts else MLP(config)
 
-    def forward(self, x, cos_sin, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
+    def forward(self, x, cos_sin, kv_cache=None, ve=None):
+        x = x + self.attn(self.ln_1(x), cos_sin, kv_cache, ve)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -151,31 +172,37 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.grad_checkpoint = False  # recompute each block's activations in backward to save memory
+        V = arch2026.padded_vocab(config)  # = vocab_size unless pad_vocab_to; the logits are cut back to it
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(V, config.n_embd),
             ln_e=RMSNorm(config.n_embd, config.norm_weight),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=RMSNorm(config.n_embd, config.norm_weight),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, V, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        arch2026.add_parameters(self, config)  # (none unless its options are on)
         # rotary tables cover 10x the training length so generation can run past it
         self.rotary_len = config.sequence_len * 10
         cos, sin = self._rotary_tables(self.rotary_len, config.head_dim)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def _rotary_tables(self, seq_len, head_dim, base=10000, device=None):
+    def _rotary_tables(self, seq_len, head_dim, device=None):
+        base = self.config.rope_base
         if device is None:
             device = self.transformer.wte.weight.device
         channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (base ** (channels / head_dim))
         t = torch.arange(seq_len, dtype=torch.float32, device=device)
         freqs = torch.outer(t, inv_freq)
-        # rounded to bf16 as nanochat does, so imported checkpoints see the same rotation; stored in
-        # fp32 and cast to the activations' dtype at use, so fp32 math does not promote every step
-        cos, sin = freqs.cos().bfloat16().float(), freqs.sin().bfloat16().float()
+        # rounded to bf16 as nanochat did in 2025, so imported checkpoints see the same rotation; stored in
+        # fp32 and cast to the activations' dtype at use, so fp32 math does not promote every step.
+        # rope_dtype "compute" (nanochat 2026): not rounded, so exact in fp32 and the same bf16 under autocast
+        cos, sin = freqs.cos(), freqs.sin()
+        if self.config.rope_dtype == "bf16":
+            cos, sin = cos.bfloat16().float(), sin.bfloat16().float()
         return cos[None, :, None, :], sin[None, :, None, :]
 
     @torch.no_grad()
@@ -208,6 +235,7 @@ class GPT(nn.Module):
             nn.init.zeros_(self.lm_head.weight)
         cos, sin = self._rotary_tables(self.rotary_len, self.config.head_dim)
         self.cos, self.sin = cos, sin
+        arch2026.init_weights(self)  # the 2026 scheme, and the 2026 options' own parameters
 
     def get_device(self):
         return self.transformer.wte.weight.device
@@ -218,17 +246,23 @@ class GPT(nn.Module):
     def param_counts(self):
         """
         Parameters per component, counted from the model's own tensors (shared tensors once):
-        wte, attn (c_q, c_k, c_v, c_proj, and differential attention's lambdas), mlp (c_fc,
-        c_gate, c_proj summed over the experts, and the MoE router), norms, lm_head (0 when
-        tied), total.
+        wte, attn (c_q, c_k, c_v, c_proj, differential attention's lambdas, the value-embedding
+        gates), mlp (c_fc, c_gate, c_proj summed over the experts, and the MoE router), norms,
+        value_embeds and scalars (the 2026 options'), lm_head (0 when tied), total.
         """
         c = self.config
-        counts = {"wte": 0, "attn.c_q": 0, "attn.c_k": 0, "attn.c_v": 0, "attn.c_proj": 0, "attn.lambdas": 0,
-                  "mlp.router": 0, "mlp.c_fc": 0, "mlp.c_gate": 0, "mlp.c_proj": 0, "norms": 0, "lm_head": 0}
+        counts = {"wte": 0, "value_embeds": 0, "attn.c_q": 0, "attn.c_k": 0, "attn.c_v": 0, "attn.c_proj": 0,
+                  "attn.lambdas": 0, "attn.ve_gate": 0, "mlp.router": 0, "mlp.c_fc": 0, "mlp.c_gate": 0, "mlp.c_proj": 0,
+                  "norms": 0, "scalars": 0, "lm_head": 0}
+        scalars = set(arch2026.scalar_names(self))
         for name, p in self.named_parameters():  # named_parameters() yields a shared tensor once
             parts = name.split(".")
             if name == "transformer.wte.weight":
                 key = "wte"
+            elif parts[0] == "value_embeds":
+                key = "value_embeds"
+            elif name in scalars:
+                key = "scalars"
             elif name == "lm_head.weight":
                 key = "lm_head"
             elif parts[-1].startswith("lambda_"):
@@ -240,7 +274,8 @@ class GPT(nn.Module):
             else:
                 key = ".".join(parts[-3:-1])  # e.g. "attn.c_q"
             counts[key] += p.numel()
-        for key, keep in (("mlp.c_gate", c.mlp == "swiglu"), ("attn.lambdas", c.attn == "diff"), ("mlp.router", c.moe_experts)):
+        for key, keep in (("mlp.c_gate", c.mlp == "swiglu"), ("attn.lambdas", c.attn == "diff"), ("mlp.router", c.moe_experts),
+                          ("value_embeds", c.value_embeds), ("attn.ve_gate", c.value_embeds), ("scalars", scalars)):
             if not keep:
                 del counts[key]
         counts["total"] = sum(counts.values())
@@ -264,21 +299,29 @@ class GPT(nn.Module):
     def estimate_flops(self):
         """
         Training FLOPs per token (forward + backward): 6 per weight used in a matmul (every
-        parameter except the embedding lookup, plus the lm_head even when tied; of the experts only
-        the top_k a token runs) plus attention scores and values, 12 * n_layer * n_head * head_dim
-        * sequence_len; differential attention has two maps of head_dim and a value of 2*head_dim
-        per head, 3x that per head.
+        parameter except the embedding lookups, plus the lm_head even when tied; of the experts only
+        the top_k a token runs) plus attention scores and values, 12 * n_head * head_dim * the keys
+        a query sees, summed over the layers (sequence_len, or the sliding window, as nanochat);
+        differential attention has two maps of head_dim and a value of 2*head_dim per head, 3x
+        that per head.
         """
         c = self.config
         matmul_params = self.active_params() - self.transformer.wte.weight.numel()
         if c.tie_embeddings:
             matmul_params += self.lm_head.weight.numel()
         matmul_params -= sum(p.numel() for p in self.parameters() if p.ndim == 1)  # norms are not matmuls
+        if c.value_embeds:  # lookups too
+            matmul_params -= sum(p.numel() for p in self.value_embeds.parameters())
         heads = 3 * c.n_head if c.attn == "diff" else c.n_head
-        return 6 * matmul_params + 12 * c.n_layer * heads * c.head_dim * c.sequence_len
+        return 6 * matmul_params + 12 * heads * c.head_dim * sum(arch2026.attention_spans(c))
 
     # -------------------------------------------------------------------------
     # running
+
+    def classifier_weight(self):
+        """lm_head's weight without the padded rows (the Parameter itself when there are none)."""
+        w = self.lm_head.weight
+        return w if w.size(0) == self.config.vocab_size else w[:self.config.vocab_size]
 
     def make_kv_cache(self, batch_size, max_len, dtype=None):
         c = self.config
@@ -298,20 +341,34 @@ class GPT(nn.Module):
                 block.mlp.aux_loss = None  # each forward's MoE layers store their own (nanochat.mlp)
         x = self.transformer.wte(idx)
         x = self.transformer.ln_e(x)
-        for block in self.transformer.h:
+        c = self.config
+        if c.smear:
+            x = arch2026.smear(self, x, kv_cache)
+        x0 = x if c.layer_lambdas else None  # (kept only when used: it would hold the embedding through an eval)
+        x_mid = None
+        for i, block in enumerate(self.transformer.h):
+            if c.layer_lambdas:  # nanochat 2026: x0 and residual scalars before each block
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in getattr(self, "value_embeds", ()) else None
             if self.grad_checkpoint and self.training and kv_cache is None:
-                x = checkpoint(block, x, cos_sin, use_reentrant=False)
+                x = checkpoint(block, x, cos_sin, None, ve, use_reentrant=False)
             else:
-                x = block(x, cos_sin, kv_cache)
+                x = block(x, cos_sin, kv_cache, ve)
+            if c.backout and i == c.n_layer // 2:
+                x_mid = x
+        if x_mid is not None:  # backout: the middle layer's low-level features out again before the logits
+            x = x - self.backout_lambda.to(x.dtype) * x_mid
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         if targets is not None and loss_reduction in ("mean", "sum"):
             # the same loss as below, lm_head included, a chunk of rows at a time: the (B*T, V)
             # logits and their gradients never exist at once (they were most of training's memory)
-            return fused_linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+            return fused_linear_cross_entropy(x.view(B * T, -1), self.classifier_weight(), targets.reshape(-1),
                                               self.softcap, loss_reduction)
         logits = self.lm_head(x)
+        if logits.size(-1) != self.config.vocab_size:  # a padded vocabulary: cut back to the real one
+            logits = logits[..., :self.config.vocab_size]
         logits = self.softcap * torch.tanh(logits / self.softcap)
         if targets is None:
             return logits

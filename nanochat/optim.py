@@ -1,7 +1,8 @@
 """
 Optimizers. The default, as in nanochat and modded-nanogpt: Muon for the 2D weight matrices of
 the transformer blocks, AdamW for the embedding, the lm_head and the norm weights. Plain AdamW for
-everything is the option (--optimizer adamw).
+everything is the option (--optimizer adamw). The 2026 options' parameters (value embeddings,
+scalars) get nanochat's own AdamW groups (nanochat.arch2026.optimizer_groups), whatever the kind.
 
 Under DDP the model is wrapped in DistributedDataParallel, which averages gradients, so every
 rank takes the same step with these single-process optimizers: simple, and identical to one
@@ -185,8 +186,11 @@ def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unemb
     adapters = adapter_parameters(model)
     is_adapter = {id(p) for p in adapters}
     matrices = [p for p in model.transformer.h.parameters() if p.ndim == 2 and id(p) not in is_adapter]
-    vectors = [p for p in model.parameters() if p.ndim == 1]
-    assert len(matrices) + len(vectors) + len(adapters) + (1 if tied else 2) == len(list(model.parameters()))
+    from nanochat.arch2026 import optimizer_groups
+    extra_groups = optimizer_groups(model, embedding_lr, dmodel_lr_scale)  # (empty without the 2026 options)
+    in_extra = {id(p) for g in extra_groups for p in g["params"]}
+    vectors = [p for p in model.parameters() if p.ndim == 1 and id(p) not in in_extra]
+    assert len(matrices) + len(vectors) + len(adapters) + len(in_extra) + (1 if tied else 2) == len(list(model.parameters()))
     fused = wte.is_cuda  # fused AdamW kernel where available
     # a tied matrix is also the classifier, which wants the gentle unembedding rate
     adam_groups = [dict(params=[wte], lr=(unembedding_lr if tied else embedding_lr) * dmodel_lr_scale,
@@ -195,6 +199,7 @@ def build_optimizers(model, kind="muon", matrix_lr=0.02, embedding_lr=0.2, unemb
         adam_groups.append(dict(params=[lm_head], lr=unembedding_lr * dmodel_lr_scale, name="lm_head"))
     if vectors:
         adam_groups += _split_by_layer(model, vectors, layer_lr, "vectors", scalar_lr * dmodel_lr_scale)
+    adam_groups += extra_groups
     if adapters:
         adam_groups += [dict(g, fixed_lr=True) for g in _split_by_layer(model, adapters, layer_lr, "lora adapters", lora_lr)]
     trainable = lambda groups: [g for g in (dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups)

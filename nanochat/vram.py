@@ -56,6 +56,7 @@ from nanochat.vram_activations import (  # noqa: F401
     OPTIMIZERS, PRECISIONS, _check, attention_saved_bytes, attention_shapes, block_backward_bytes,
     checkpoint_kept_bytes, layer_saved_bytes, loss_bytes, mlp_saved_bytes, nonblock_saved_bytes, param_info,
     saved_activation_bytes)
+from nanochat import arch2026
 from nanochat.fused_loss import chunk_rows
 
 MiB = 1024 ** 2
@@ -90,7 +91,7 @@ def _state_bytes(info, optimizer):
     for the embedding, lm_head and norms; plain AdamW keeps two fp32 tensors for every parameter."""
     if optimizer == "adamw":
         return 8 * info["total"]
-    return 4 * info["block_matrices"] + 8 * (info["wte"] + info["lm_head"] + info["norms"])
+    return 4 * info["block_matrices"] + 8 * (info["wte"] + info["lm_head"] + info["norms"] + info["value_embeds"])
 
 
 def _step_workspace(info, optimizer):
@@ -126,7 +127,7 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
     low = precision != "fp32"
     per_tok, per_seq = layer_saved_bytes(c, seq_len, precision, compile, device_type)
     layer = per_tok * N + per_seq
-    nonblock = nonblock_saved_bytes(c, precision, compile, device_type) * N
+    nonblock = nonblock_saved_bytes(c, precision, compile, device_type, seq_len) * N
     loss = loss_bytes(c, N, precision, device_type)
     # autocast keeps a bf16 copy of every block weight used under it, cached until the autocast
     # region is left (end of forward) and saved by each linear for backward (compiled: recomputed);
@@ -145,8 +146,11 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
         # but autocast's weight cache lives until the forward leaves autocast
         "forward_loss": {"activations": kept + nonblock + casts_blocks, "logits": loss["forward"], "workspace": 0},
         # the loss's backward: its saved gradients and the scaled ones it returns
+        # (a padded vocabulary: the loss's weight is lm_head's first vocab_size rows, so its dW
+        # becomes a zero-padded full-size copy as it reaches the parameter)
         "backward_loss": {"activations": kept + nonblock + (0 if grad_checkpoint else casts_blocks),
-                          "logits": loss["backward"], "workspace": 0},
+                          "logits": loss["backward"],
+                          "workspace": 4 * info["wte"] if arch2026.padded_vocab(c) != c.vocab_size else 0},
         # the last block's backward (checkpointing: its recomputed tensors, with its weight casts;
         # a checkpointed MoE can peak as its recomputation ends: see block_backward_bytes)
         "backward_block": {"activations": kept + nonblock - freed + (recomputed if grad_checkpoint else casts_blocks),
@@ -154,9 +158,16 @@ def estimate_phases(config, batch_size, seq_len, precision="bf16", optimizer="mu
         # the embedding's backward, last: a (V, C) fp32 gradient for wte from the (N, C) one
         # arriving, and (tied) the loss's grad_W still waiting to be added to it
         "backward_embedding": {"activations": 8 * N, "logits": 0,
-                               "workspace": 4 * C * N + 4 * c.vocab_size * C * (2 if c.tie_embeddings else 1)},
+                               "workspace": 4 * C * N + 4 * info["wte"] * (2 if c.tie_embeddings else 1)},
         "optimizer_step": {"activations": 0, "logits": 0, "workspace": _step_workspace(info, optimizer)},
     }
+    if c.value_embeds:
+        # the last block's value embedding, as its backward ends (a judgement, not checked against
+        # autograd): the lookup's dense (vocab, kv) fp32 gradient from the (N, kv) one arriving,
+        # beside what the blocks before it still keep
+        kv = c.n_kv_head * c.head_dim
+        phases["backward_value_embedding"] = {"activations": kept - kept / c.n_layer + nonblock, "logits": 0,
+                                              "workspace": 4 * kv * N + 4 * info["value_embeds"] // len(arch2026.ve_layers(c))}
     for ph in phases.values():
         ph["total"] = ph["activations"] + ph["logits"] + ph["workspace"]
         ph["gradients"] = 4 * info["total"]  # alive through the step (grad accumulation)

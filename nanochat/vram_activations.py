@@ -30,6 +30,7 @@ from dataclasses import asdict
 
 import torch
 
+from nanochat import arch2026
 from nanochat.fused_loss import chunk_rows
 from nanochat.gpt import GPT
 
@@ -58,27 +59,31 @@ _param_cache = {}
 def param_info(config):
     """
     Parameter counts the estimate needs, by role: wte, lm_head (0 when tied), norms (1-d
-    weights, differential attention's lambdas and subln included), block matrices (every expert
-    of an MoE: all are stored, trained and given optimizer state), one block's matrices, the
-    largest matrix, and buffer bytes.
+    weights, differential attention's lambdas and subln included; also the 2026 scalars and the
+    smear gate: AdamW's small parameters), value_embeds (the 2026 value embeddings: AdamW, looked
+    up, not cast), block matrices (every expert of an MoE: all are stored, trained and given
+    optimizer state; the value-embedding gates), one block's matrices, the largest matrix, and
+    buffer bytes.
     """
     key = tuple(sorted(asdict(config).items()))
     if key in _param_cache:
         return _param_cache[key]
     with torch.device("meta"):
         model = GPT(config)
-    info = {"wte": 0, "lm_head": 0, "norms": 0, "block_matrices": 0, "max_matrix": 0}
+    info = {"wte": 0, "lm_head": 0, "norms": 0, "value_embeds": 0, "block_matrices": 0, "max_matrix": 0}
     for name, p in model.named_parameters():  # a tied weight is yielded once, as wte
         if name == "transformer.wte.weight":
             info["wte"] += p.numel()
         elif name == "lm_head.weight":
             info["lm_head"] += p.numel()
-        elif p.ndim == 1:
+        elif name.startswith("value_embeds."):
+            info["value_embeds"] += p.numel()
+        elif p.ndim == 1 or not name.startswith("transformer.h."):
             info["norms"] += p.numel()
         else:
             info["block_matrices"] += p.numel()
             info["max_matrix"] = max(info["max_matrix"], p.numel())
-    info["total"] = info["wte"] + info["lm_head"] + info["norms"] + info["block_matrices"]
+    info["total"] = info["wte"] + info["lm_head"] + info["norms"] + info["value_embeds"] + info["block_matrices"]
     info["active"] = model.active_params()  # what a token runs (MoE: top_k of the experts); memory holds the total
     info["layer_matrices"] = info["block_matrices"] // config.n_layer
     # the lm_head matmul uses the wte matrix when tied
@@ -226,26 +231,64 @@ def _moe_row_saved(config, low, compile):
     return 16 + x_in + _hidden_saved(config, low, False) + p * C + 4 + 4 * C
 
 
+def arch2026_block_bytes(config, seq_len, precision, device_type="cuda"):
+    """
+    (per token, fixed) bytes the 2026 options add inside the blocks, summed over the layers (the
+    blocks' accounting takes the mean per layer). A value embedding's gate: its input, the first
+    12 channels of ln_1's output (a view in fp32; autocast casts it), the sigmoid and the factor
+    (per kv head), and the value embedding the product saves (fp32, or its cast). A sliding
+    window shorter than the sequence: SDPA gets a (T, T) boolean mask, which it converts to an
+    additive mask in q's dtype and saves (fixed: the batch and heads broadcast); on CUDA the mask
+    rules out flash, so the mem-efficient kernel pads the logsumexp to 32 positions.
+    """
+    c = config
+    low = precision != "fp32"
+    p = 2 if low else 4
+    n_ve = len(arch2026.ve_layers(c))
+    per_tok = n_ve * ((2 * arch2026.VE_GATE_CHANNELS if low else 0) + 2 * p * c.n_kv_head + p * c.n_kv_head * c.head_dim)
+    short = [w for w in arch2026.layer_windows(c) if w is not None and w < seq_len - 1]
+    fixed = len(short) * p * seq_len * seq_len
+    if low and device_type == "cuda" and c.attn != "diff":  # (diff pads already)
+        per_tok += len(short) * 4 * c.n_head * (math.ceil(seq_len / 32) * 32 / seq_len - 1)
+    return per_tok, fixed
+
+
 def layer_saved_bytes(config, seq_len, precision, compile=False, device_type="cuda"):
     """
     Bytes one transformer block keeps for backward, per token, and (second value) the part that
     does not scale with the batch size: the rotary tables and a few scalars per layer.
     fp32 (no autocast): one saved ln output shared by the linears, no casts, the mem-efficient
-    kernel (flash has no fp32) pads the logsumexp to 32 positions.
+    kernel (flash has no fp32) pads the logsumexp to 32 positions. The 2026 options inside the
+    blocks (value embeddings, sliding windows) are spread over the layers as their mean.
     """
     _check(precision, device_type=device_type)
     a_tok, a_fixed = attention_saved_bytes(config, seq_len, precision, compile, device_type)
     m_tok, m_fixed = mlp_saved_bytes(config, precision, compile, device_type)
-    return a_tok + m_tok, a_fixed + m_fixed
+    x_tok, x_fixed = arch2026_block_bytes(config, seq_len, precision, device_type)
+    return a_tok + m_tok + x_tok / config.n_layer, a_fixed + m_fixed + x_fixed / config.n_layer
 
 
-def nonblock_saved_bytes(config, precision, compile=False, device_type="cuda"):
-    """Per-token bytes saved outside the blocks and the loss: token ids, ln_e, ln_f."""
+def nonblock_saved_bytes(config, precision, compile=False, device_type="cuda", seq_len=None):
+    """
+    Per-token bytes saved outside the blocks and the loss: token ids, ln_e, ln_f; and the 2026
+    options there (seq_len: for the smear, which acts on T-1 of every T positions):
+      smear          ln_e's output (the gates and the product save it; the blocks get the smeared
+                     copy), the gate's input (a copy of [1:, :24]: fp32, or autocast's bf16 cast),
+                     its sigmoid and the gate (fp32: smear_lambda has a dimension)
+      layer_lambdas  resid_lambdas[i] * x saves x, the input of every block (and x0 is block 0's)
+    Backout saves the middle layer's output, which the next block saves anyway.
+    """
     C = config.n_embd
     b = 8                                              # idx (embedding backward)
     b += 2 * (4 * C + 4)                               # ln_e input (embedding output) and ln_f input (last block output), + rstd
     if device_type == "cpu" and config.norm_weight and not compile:
         b += 2 * 4 * C
+    low = precision != "fp32"
+    if config.smear:
+        shifted = (seq_len - 1) / seq_len if seq_len else 1.0
+        b += 4 * C + shifted * ((2 if low else 4) * (arch2026.SMEAR_CHANNELS + 1) + 4)
+    if config.layer_lambdas:
+        b += config.n_layer * 4 * C
     return b
 
 
@@ -286,8 +329,11 @@ def loss_bytes(config, n_tokens, precision, device_type="cuda"):
 
 def checkpoint_kept_bytes(config, n_tokens, device_type="cuda"):
     """What a checkpointed block keeps from its forward for its backward: its fp32 input (which its
-    recomputed ln_1 saves again: counted once) and, on a CPU, the stashed generator state."""
-    return 4 * config.n_embd * n_tokens + (CPU_RNG_STATE_BYTES if device_type == "cpu" else 0)
+    recomputed ln_1 saves again: counted once), its value embedding (fp32, looked up outside the
+    block: the mean over the layers) and, on a CPU, the stashed generator state."""
+    c = config
+    ve = len(arch2026.ve_layers(c)) * 4 * c.n_kv_head * c.head_dim / c.n_layer
+    return (4 * c.n_embd + ve) * n_tokens + (CPU_RNG_STATE_BYTES if device_type == "cpu" else 0)
 
 
 def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_checkpoint=False,
@@ -307,10 +353,13 @@ def saved_activation_bytes(config, batch_size, seq_len, precision="fp32", grad_c
         blocks = config.n_layer * checkpoint_kept_bytes(config, N, device_type)
     else:
         blocks = config.n_layer * (per_tok * N + per_seq)
-    # the linears of the blocks save autocast's bf16 weight copies (the loss casts W for itself)
+    # the linears of the blocks save autocast's bf16 weight copies (the loss casts W for itself;
+    # the smear gate, the one linear outside the blocks, is tiny: 2 x 24 bytes)
     weight_casts = 2 * info["block_matrices"] if (low and not compile and not grad_checkpoint) else 0
+    weight_casts += 2 * arch2026.SMEAR_CHANNELS if low and not compile and config.smear else 0
     loss = loss_bytes(config, N, precision, device_type)["saved"]
-    return int(blocks + nonblock_saved_bytes(config, precision, compile, device_type) * N + weight_casts + loss)
+    nonblock = nonblock_saved_bytes(config, precision, compile, device_type, seq_len) * N
+    return int(blocks + nonblock + weight_casts + loss)
 
 # -----------------------------------------------------------------------------
 # the last block's backward

@@ -8,6 +8,7 @@ With --target_params it proposes shapes near a parameter budget instead.
         --mlp swiglu --mlp_hidden 2048 --vocab_size 49152 --tie_embeddings --norm_weight   # Hamner-164M
     python -m scripts.arch_calc --target_params 164M --mlp swiglu --vocab_size 49152 --tie_embeddings
     python -m scripts.arch_calc --variant v05_moe_small     # a named contestant: total and active parameters
+    python -m scripts.arch_calc --depth 20 --arch_2026      # nanochat's 2026 architecture (value embeddings, ...)
 """
 import json
 import math
@@ -17,21 +18,25 @@ import sys
 import torch
 
 from nanochat.common import ArgumentParser, die
-from nanochat.flags import add_arch_args, config_from_args
+from nanochat import arch2026
+from nanochat.flags import add_arch_args, arch2026_options, config_from_args
 from nanochat.gpt import GPT, GPTConfig
 
 LABELS = {
     "wte": "token embedding (wte)",
+    "value_embeds": "value embeddings (value_embeds)",
     "attn.c_q": "attention query (c_q)",
     "attn.c_k": "attention key (c_k)",
     "attn.c_v": "attention value (c_v)",
     "attn.c_proj": "attention output (c_proj)",
     "attn.lambdas": "differential attention lambdas",
+    "attn.ve_gate": "value-embedding gates (ve_gate)",
     "mlp.router": "MoE router",
     "mlp.c_fc": "MLP up (c_fc)",
     "mlp.c_gate": "MLP gate (c_gate)",
     "mlp.c_proj": "MLP down (c_proj)",
     "norms": "norm weights",
+    "scalars": "2026 scalars (lambdas, smear gate)",
     "lm_head": "lm_head",
 }
 
@@ -69,9 +74,14 @@ def describe(config):
     mlp = f"{c.mlp} MLP hidden {c.mlp_hidden}"
     if c.moe_experts:
         mlp = f"MoE: {c.moe_experts} experts (top {c.moe_top_k} per token), each a {mlp}"
+    on = [k for k in ("value_embeds", "smear", "layer_lambdas", "backout") if getattr(c, k)]
+    on += [f"{k} {getattr(c, k)}" for k in ("qk_gain", "rope_base", "rope_dtype", "pad_vocab_to", "init_scheme")
+           if getattr(c, k) != arch2026.OFF[k]]
+    if c.window_pattern:
+        on.append(f"window_pattern {c.window_pattern} (S {arch2026.short_window(c)}, L {c.sequence_len})")
     return (f"{c.n_layer} layers, width {c.n_embd}, {attn}, {mlp}, vocab {c.vocab_size:,}, "
             f"{'tied' if c.tie_embeddings else 'untied'} embeddings, norms {'with' if c.norm_weight else 'without'} weight, "
-            f"sequence length {c.sequence_len}")
+            f"sequence length {c.sequence_len}" + (f"; 2026: {', '.join(on)}" if on else ""))
 
 
 def report(config, ratio):
@@ -85,7 +95,7 @@ def report(config, ratio):
         "config": config.to_dict(),
         "params": counts,
         "total": total,
-        "total_without_embeddings": total - counts["wte"] - counts["lm_head"],
+        "total_without_embeddings": total - counts["wte"] - counts["lm_head"] - counts.get("value_embeds", 0),
         # what a token runs: with MoE, top_k of the experts (all of them are stored and trained)
         "active": model.active_params(),
         "flops_per_token": flops,
@@ -95,14 +105,20 @@ def report(config, ratio):
     }
 
 
-def quick_count(V, n_layer, C, head_dim, n_kv_head, mlp, mlp_hidden, tie, norm_weight):
+def quick_count(V, n_layer, C, head_dim, n_kv_head, mlp, mlp_hidden, tie, norm_weight, opts=None):
     """The model's parameter count by formula, to screen thousands of shapes quickly; the
-    proposals shown are then counted by the model itself."""
+    proposals shown are then counted by the model itself. opts: the 2026 options (arch2026_options)."""
+    opts = opts or arch2026.OFF
     M = mlp_hidden or (64 * math.ceil(8 * C / 3 / 64) if mlp == "swiglu" else 4 * C)
     Ckv = n_kv_head * head_dim
     per_layer = 2 * C * C + 2 * C * Ckv + (3 if mlp == "swiglu" else 2) * C * M
     norms = (2 * n_layer + 2) * C if norm_weight else 0
-    return V * C * (1 if tie else 2) + n_layer * per_layer + norms
+    pad = max(1, opts["pad_vocab_to"])
+    V = -(-V // pad) * pad
+    extra = 2 * n_layer * opts["layer_lambdas"] + (arch2026.SMEAR_CHANNELS + 1) * opts["smear"] + opts["backout"]
+    if opts["value_embeds"]:  # every other layer, the last always: ceil(n_layer / 2) tables and gates
+        extra += (n_layer + 1) // 2 * (V * Ckv + arch2026.VE_GATE_CHANNELS * n_kv_head)
+    return V * C * (1 if tie else 2) + n_layer * per_layer + norms + extra
 
 
 def propose(args, explicit, target, top, tolerance):
@@ -127,7 +143,8 @@ def propose(args, explicit, target, top, tolerance):
                 for kv in kvs:
                     if kv <= 0 or n_head % kv:
                         continue
-                    n = quick_count(args.vocab_size, n_layer, C, hd, kv, args.mlp, args.mlp_hidden, args.tie_embeddings, args.norm_weight)
+                    n = quick_count(args.vocab_size, n_layer, C, hd, kv, args.mlp, args.mlp_hidden, args.tie_embeddings,
+                                    args.norm_weight, arch2026_options(args))
                     err = abs(n - target) / target
                     if err > tolerance:
                         continue
@@ -139,13 +156,14 @@ def propose(args, explicit, target, top, tolerance):
     for _, n_layer, C, hd, kv in sorted(best.values())[:top]:
         config = GPTConfig(sequence_len=args.max_seq_len, vocab_size=args.vocab_size, n_layer=n_layer, n_head=C // hd,
                            n_kv_head=kv, n_embd=C, head_dim=hd, mlp=args.mlp, mlp_hidden=args.mlp_hidden,
-                           tie_embeddings=args.tie_embeddings, norm_weight=args.norm_weight).validate()
+                           tie_embeddings=args.tie_embeddings, norm_weight=args.norm_weight, **arch2026_options(args)).validate()
         params = meta_model(config).param_counts()["total"]  # the model's own count
         flags = f"--n_layer {n_layer} --model_dim {C} --head_dim {hd} --n_kv_head {kv} --mlp {args.mlp}"
         if args.mlp_hidden:
             flags += f" --mlp_hidden {args.mlp_hidden}"
         flags += f" --vocab_size {args.vocab_size}"
         flags += " --tie_embeddings" * args.tie_embeddings + " --norm_weight" * args.norm_weight
+        flags += " --arch_2026" * args.arch_2026  # (other 2026 flags given: pass them as well)
         proposals.append({"n_layer": n_layer, "model_dim": C, "head_dim": hd, "n_head": C // hd, "n_kv_head": kv,
                           "mlp": args.mlp, "mlp_hidden": config.mlp_hidden, "params": params,
                           "error_pct": 100.0 * (params - target) / target, "flags": flags})
@@ -228,12 +246,14 @@ for key, n in r["params"].items():
     label = LABELS[key]
     if key == "lm_head" and config.tie_embeddings:
         label += " (tied to wte)"
+    elif key == "attn.ve_gate":
+        label += f" x{len(arch2026.ve_layers(config))}"
     elif key.startswith(("attn", "mlp")):
         label += f" x{config.n_layer}" + (f" x{E} experts" if E and key.startswith("mlp.c") else "")
     print(f"{label:<36} {n:>15,} {100 * n / total:>6.1f}%")
 print(f"{'total':<36} {total:>15,} {100.0:>6.1f}%  ({human(total)})")
 print(f"{'total without embeddings':<36} {r['total_without_embeddings']:>15,} "
-      f"{100 * r['total_without_embeddings'] / total:>6.1f}%  (without wte and lm_head)")
+      f"{100 * r['total_without_embeddings'] / total:>6.1f}%  (without wte, lm_head{' and value_embeds' if config.value_embeds else ''})")
 if E:
     print(f"{'active per token':<36} {r['active']:>15,} {100 * r['active'] / total:>6.1f}%  "
           f"({human(r['active'])}: {config.moe_top_k} of the {E} experts)")
