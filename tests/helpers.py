@@ -11,6 +11,22 @@ from urllib.parse import unquote
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def randomize_weights(model, proj_scale=16, scalars=(0.5, 1.5)):
+    """Every weight random, in place (the real init zeroes the output projections and lm_head, which
+    would make every logit equal): matrices N(0, 1/fan_in), output projections (c_proj) scaled by
+    proj_scale so the blocks, not the token's own embedding, decide the next token; 1-D parameters
+    (gains, lambdas) uniform in `scalars`. Uses the global torch RNG."""
+    import math
+    import torch
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p.normal_(0, (proj_scale if "c_proj" in name else 1) / math.sqrt(p.size(1)))
+            else:
+                p.uniform_(*scalars)
+    return model
+
+
 def run_script(base, module, *args, torchrun=False, check=True, timeout=300):
     env = dict(os.environ, NANOCHAT_BASE_DIR=str(base), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", NANOCHAT_FAST_DECODE="0")
     cmd = [sys.executable, "-m", module, *args]

@@ -31,7 +31,7 @@ from nanochat.optim import build_optimizers
 from nanochat.tokenizer import Tokenizer
 from nanochat.train_settings import TRAIN_DEFAULTS
 from nanochat.trainer import Trainer
-from helpers import ROOT, assert_kv_decoding_matches
+from helpers import ROOT, assert_kv_decoding_matches, randomize_weights
 
 # a vocabulary that is not a multiple of 64 (so pad_vocab_to pads), 3 layers (value embeddings on
 # 0 and 2, backout after 1), windows far shorter than the sequence
@@ -53,13 +53,7 @@ OPTIONS = {
 def randomize(model, seed=2):
     """Every weight random (the init zeroes the projections: every option would look the same)."""
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2:
-                p.normal_(0, (16 if "c_proj" in name else 1) / math.sqrt(p.size(1)))
-            else:
-                p.uniform_(0.1, 0.6)
-    return model.eval()
+    return randomize_weights(model, scalars=(0.1, 0.6)).eval()
 
 
 def model_for(name, seed=0, **kw):
@@ -384,9 +378,7 @@ def test_nanochat_2026_state_dict_gives_the_same_logits(nanochat_2026):
     ref.to_empty(device="cpu")
     ref.init_weights()
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            p.normal_(0, (4 if "c_proj" in name else 1) / math.sqrt(p.size(1))) if p.ndim == 2 else p.uniform_(0.2, 1.2)
+    randomize_weights(ref, proj_scale=4, scalars=(0.2, 1.2))
     # the mapping: nanochat's model_config (head_dim = n_embd / n_head), its window_pattern, the rest of the 2026 set
     config = GPTConfig(**kw, **{**arch2026.PRESET, "window_pattern": "SSSL"})
     model = model_from_state(ref.state_dict(), config.to_dict(), "cpu").eval()

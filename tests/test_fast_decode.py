@@ -5,13 +5,13 @@ CUDA graph, without the graph); the CUDA tests run the graph and compiled modes 
 without a GPU.
 """
 import contextlib
-import math
 
 import pytest
 import torch
 
 from nanochat.gpt import GPTConfig, build_model
 from nanochat.fast_decode import StaticKVDecoder, make_decoder, fast_decode_mode
+from helpers import randomize_weights
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -32,13 +32,7 @@ def random_model(device="cpu", seed=0, **overrides):
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = build_model(GPTConfig(**cfg), device)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2:
-                p.normal_(0, (16 if "c_proj" in name else 1) / math.sqrt(p.size(1)))
-            else:
-                p.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_weights(model).eval()
 
 
 def autocast(device, dtype):
