@@ -78,7 +78,7 @@ def bpb(tag):
     rows = [json.loads(line) for line in open(os.path.join(base, tag, "metrics.jsonl"))]
     return [r["val_bpb"] for r in rows if r.get("kind") == "eval" and r["step"] == steps][-1]
 configs = [("all off", "off"), ("all on", "on")] + [(f"all on but {n}", f"no_{n}") for n in names]
-configs += [(f"all off but {p.replace(',', ' + ')}", "plus_" + p.replace(",", "+")) for p in plus]
+configs += [(f"only {p.replace(',', ' + ')}", "plus_" + p.replace(",", "+")) for p in plus]
 table = {label: [bpb(f"a26_d{depth}_{key}_s{s}") for s in seeds] for label, key in configs}
 on = sum(table["all on"]) / len(seeds)
 print(f"depth {depth}, {steps} steps, val bpb at step {steps} (seeds {', '.join(seeds)}):")
